@@ -1,0 +1,185 @@
+# shellcheck shell=bash
+# Shared helpers for the PayFlow scripts. Source it, do not run it:
+#   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+if [[ -n "${PAYFLOW_LIB_SOURCED:-}" ]]; then
+    return 0
+fi
+PAYFLOW_LIB_SOURCED=1
+
+# Derive the repo root from this file's location so the scripts work from any
+# checkout path and any working directory.
+PAYFLOW_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PAYFLOW_SCRIPTS="$PAYFLOW_ROOT/scripts"
+# Per-stack runtime state (data dirs, sockets, logs); gitignored.
+PAYFLOW_STATE_ROOT="$PAYFLOW_ROOT/.payflow"
+export PAYFLOW_ROOT PAYFLOW_SCRIPTS PAYFLOW_STATE_ROOT
+
+# Keep build caches out of the repo so checkouts stay small and several
+# worktrees can share one compiled dependency cache.
+: "${HOME:=/root}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/payflow/target}"
+export GOPATH="${GOPATH:-$HOME/.cache/payflow/go/path}"
+export GOMODCACHE="${GOMODCACHE:-$HOME/.cache/payflow/go/mod}"
+export GOCACHE="${GOCACHE:-$HOME/.cache/payflow/go/build}"
+
+# OS packages the local stack needs. etcd-server is installed already for the
+# next milestones even though stack.sh does not start it yet.
+# shellcheck disable=SC2034  # used by the scripts that source this file
+PAYFLOW_STACK_APT_PACKAGES=(
+    postgresql-15 postgresql-client-15
+    redis-server redis-tools
+    rabbitmq-server
+    etcd-server
+    curl ca-certificates
+)
+
+log() { printf '[%s] %s\n' "${PAYFLOW_LOG_TAG:-payflow}" "$*" >&2; }
+warn() { log "WARNING: $*"; }
+die() {
+    log "ERROR: $*"
+    exit 1
+}
+
+# Microseconds since the epoch; strips the decimal separator, which is
+# locale dependent in EPOCHREALTIME.
+now_us() { printf '%s' "${EPOCHREALTIME//[!0-9]/}"; }
+
+# Seconds elapsed since a now_us timestamp, one decimal ("3.4").
+elapsed_since() {
+    local tenths=$((($(now_us) - $1) / 100000))
+    printf '%d.%d' $((tenths / 10)) $((tenths % 10))
+}
+
+# Run a command as root: directly when we are root, else through sudo.
+as_root() {
+    if [[ $EUID -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root (or sudo) to run: $*"
+    fi
+}
+
+_payflow_apt_updated=0
+
+# ensure_apt_packages PKG...: install only the packages that are missing.
+# apt-get update runs at most once per process, and only when something is
+# actually missing, so the common (all installed) case costs one dpkg-query.
+ensure_apt_packages() {
+    local missing=() pkg status
+    if ! command -v dpkg-query >/dev/null 2>&1; then
+        warn "dpkg-query not found; not a Debian system, assuming packages are present: $*"
+        return 0
+    fi
+    for pkg in "$@"; do
+        status="$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)"
+        [[ "$status" == installed ]] || missing+=("$pkg")
+    done
+    ((${#missing[@]} == 0)) && return 0
+
+    log "installing missing packages: ${missing[*]}"
+    if ((_payflow_apt_updated == 0)); then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        _payflow_apt_updated=1
+    fi
+    # Packages like postgresql/redis/rabbitmq start their system-wide service
+    # from postinst; we run private instances instead, so block those starts
+    # (policy-rc.d exit 101 = "action forbidden") unless a policy already exists.
+    local policy=/usr/sbin/policy-rc.d added_policy=0 rc=0
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod 755 "$policy"
+        added_policy=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+        --no-install-recommends "${missing[@]}" || rc=$?
+    if ((added_policy)); then
+        as_root rm -f "$policy"
+    fi
+    ((rc == 0)) || die "apt-get install failed (exit $rc) for: ${missing[*]}"
+}
+
+# ensure_rust_components: rustfmt and clippy are needed by test.sh.
+ensure_rust_components() {
+    command -v cargo >/dev/null 2>&1 || die "cargo not found in PATH (install Rust via rustup)"
+    local comp=()
+    cargo fmt --version >/dev/null 2>&1 || comp+=(rustfmt)
+    cargo clippy --version >/dev/null 2>&1 || comp+=(clippy)
+    ((${#comp[@]} == 0)) && return 0
+    command -v rustup >/dev/null 2>&1 || die "missing ${comp[*]} and rustup is not available to install them"
+    log "installing rust components: ${comp[*]}"
+    rustup component add "${comp[@]}"
+}
+
+# wait_for [-t SECONDS] [-i INTERVAL] CMD...: poll CMD until it succeeds or
+# the deadline passes (returns 1 then). Defaults: WAIT_TIMEOUT (60s), 0.25s.
+wait_for() {
+    local timeout="${WAIT_TIMEOUT:-60}" interval=0.25
+    while (($#)); do
+        case "$1" in
+            -t) timeout="$2"; shift 2 ;;
+            -i) interval="$2"; shift 2 ;;
+            --) shift; break ;;
+            *) break ;;
+        esac
+    done
+    (($#)) || die "wait_for: no command given"
+    local deadline=$((EPOCHSECONDS + timeout))
+    until "$@" >/dev/null 2>&1; do
+        if ((EPOCHSECONDS >= deadline)); then
+            return 1
+        fi
+        sleep "$interval"
+    done
+}
+
+# port_open PORT: is something listening on 127.0.0.1:PORT?
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# pid_alive PID [COMM-REGEX]: process exists (and its name matches), which
+# guards against acting on a recycled pid from a stale pidfile.
+pid_alive() {
+    local pid="$1" pattern="${2:-}"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    if [[ -n "$pattern" ]]; then
+        local comm
+        comm="$(cat "/proc/$pid/comm" 2>/dev/null || true)"
+        [[ "$comm" =~ $pattern ]] || return 1
+    fi
+}
+
+# read_pidfile FILE: print the pid stored in FILE (empty if none).
+read_pidfile() {
+    [[ -r "$1" ]] || return 0
+    head -n1 "$1" 2>/dev/null | tr -dc '0-9'
+}
+
+# stop_pid PID [SECONDS]: SIGTERM, wait up to SECONDS (default 30), then SIGKILL.
+stop_pid() {
+    local pid="$1" timeout="${2:-30}"
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    if ! wait_for -t "$timeout" -i 0.1 _pid_gone "$pid"; then
+        warn "pid $pid did not exit within ${timeout}s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        wait_for -t 5 -i 0.1 _pid_gone "$pid" || true
+    fi
+}
+_pid_gone() { ! kill -0 "$1" 2>/dev/null; }
+
+# log_tail FILE [LINES]: show the end of a server log to explain a failure.
+log_tail() {
+    local file="$1" lines="${2:-40}"
+    if [[ -r "$file" ]]; then
+        printf -- '----- last %s lines of %s -----\n' "$lines" "$file" >&2
+        tail -n "$lines" "$file" >&2
+        printf -- '----- end of %s -----\n' "$file" >&2
+    else
+        printf -- '(no log at %s)\n' "$file" >&2
+    fi
+}

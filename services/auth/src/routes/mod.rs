@@ -1,0 +1,144 @@
+//! The HTTP routes of auth and what they share: the user's JSON shape,
+//! issuing a token pair, and pushing revoked access tokens to Redis.
+
+use axum::routing::{get, post};
+use axum::Router;
+use payflow_common::error::ApiError;
+use payflow_common::health::Readiness;
+use payflow_common::ids::UserId;
+use payflow_common::server::{with_common_layers, ServiceInfo};
+use serde::Serialize;
+
+use crate::domain::{Email, Role, UserName};
+use crate::state::{AppState, SERVICE_NAME};
+use crate::store::sessions::{self, Issued, LiveAccessToken};
+use crate::tokens;
+
+mod jwks;
+mod login;
+mod logout;
+mod me;
+mod refresh;
+mod register;
+
+/// Seconds of clock skew verifiers accept past `exp` (payflow_common::jwt
+/// allows 5); a revocation entry must outlive the token by at least that.
+const VERIFY_LEEWAY_SECS: i64 = 5;
+
+/// All auth routes with the common layers (health, metrics, errors, ids).
+pub fn router(state: AppState) -> Router {
+    let readiness = Readiness {
+        db: Some(state.pool.clone()),
+        redis: Some(state.redis.clone()),
+    };
+    let mut info = ServiceInfo::new(SERVICE_NAME, readiness);
+    // One registry for the HTTP metrics and the auth counters.
+    info.metrics = state.metrics.clone();
+    let routes = Router::new()
+        .route("/api/auth/register", post(register::register))
+        .route("/api/auth/login", post(login::login))
+        .route("/api/auth/refresh", post(refresh::refresh))
+        .route("/api/auth/logout", post(logout::logout))
+        .route("/api/auth/me", get(me::me))
+        .route("/.well-known/jwks.json", get(jwks::jwks))
+        .route("/api/auth/jwks.json", get(jwks::jwks))
+        .with_state(state);
+    with_common_layers(routes, &info)
+}
+
+/// `"user"` in register and login answers.
+#[derive(Serialize)]
+pub(crate) struct UserView {
+    id: UserId,
+    email: String,
+    name: String,
+    role: &'static str,
+}
+
+impl UserView {
+    pub(crate) fn new(id: UserId, email: &Email, name: &UserName, role: Role) -> Self {
+        Self {
+            id,
+            email: email.as_str().to_string(),
+            name: name.as_str().to_string(),
+            role: role.as_str(),
+        }
+    }
+}
+
+pub(crate) struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+/// Opens a new session (refresh-token family) and signs its first access token.
+pub(crate) async fn open_session(
+    state: &AppState,
+    user_id: UserId,
+    email: &Email,
+    role: Role,
+) -> Result<TokenPair, ApiError> {
+    let issued =
+        sessions::start_family(&state.pool, user_id, state.config.refresh_token_ttl_secs).await?;
+    sign_pair(state, user_id, email, role, issued)
+}
+
+/// Signs the access token that goes with a freshly stored refresh token.
+pub(crate) fn sign_pair(
+    state: &AppState,
+    user_id: UserId,
+    email: &Email,
+    role: Role,
+    issued: Issued,
+) -> Result<TokenPair, ApiError> {
+    let ttl = i64::try_from(state.config.access_token_ttl_secs).map_err(ApiError::internal)?;
+    let now = chrono::Utc::now().timestamp();
+    let claims = tokens::access_claims(
+        user_id,
+        email,
+        role,
+        issued.access_jti,
+        &state.config.claims,
+        now,
+        ttl,
+    );
+    let access_token = state.signer.sign(&claims).map_err(ApiError::internal)?;
+    Ok(TokenPair {
+        access_token,
+        refresh_token: issued.refresh_token.into_string(),
+    })
+}
+
+/// Puts access tokens on the shared revocation list (which the gateway reads)
+/// until they would have expired anyway.
+pub(crate) async fn push_revocations(
+    state: &AppState,
+    live: &[LiveAccessToken],
+) -> redis::RedisResult<()> {
+    let ttl = i64::try_from(state.config.access_token_ttl_secs).unwrap_or(i64::MAX);
+    let now = chrono::Utc::now().timestamp();
+    for token in live {
+        let remaining = token
+            .issued_at
+            .timestamp()
+            .saturating_add(ttl)
+            .saturating_sub(now);
+        if remaining + VERIFY_LEEWAY_SECS > 0 {
+            let secs = u64::try_from(remaining + VERIFY_LEEWAY_SECS).unwrap_or(1);
+            state
+                .revocations
+                .revoke(&token.jti.to_string(), secs)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A store error as an answer: database errors keep their mapping (pool
+/// exhaustion is a 503), anything else is a logged 500.
+pub(crate) fn store_error(e: anyhow::Error) -> ApiError {
+    match e.downcast::<sqlx::Error>() {
+        Ok(db) => db.into(),
+        Err(e) => ApiError::internal(format!("{e:#}")),
+    }
+}

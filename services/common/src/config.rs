@@ -1,0 +1,108 @@
+//! Configuration shared by several services. Every setting is a command-line
+//! flag with an environment variable and a documented default, so `--help`
+//! is the reference for what can be configured.
+
+use std::net::SocketAddr;
+
+use clap::Args;
+
+/// Where a service listens.
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
+    /// Address to bind the HTTP server to.
+    #[arg(long = "bind", env = "PAYFLOW_BIND", default_value = "0.0.0.0")]
+    pub bind: std::net::IpAddr,
+}
+
+impl ListenArgs {
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.bind, port)
+    }
+}
+
+/// Postgres connection settings.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// Postgres connection URL (one database; each service owns a schema in it).
+    #[arg(
+        long = "database-url",
+        env = "PAYFLOW_DATABASE_URL",
+        default_value = "postgres://payflow:payflow@127.0.0.1:5432/payflow",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Maximum connections in this service's pool.
+    #[arg(
+        long = "db-max-connections",
+        env = "PAYFLOW_DB_MAX_CONNECTIONS",
+        default_value_t = 20
+    )]
+    pub max_connections: u32,
+}
+
+/// Redis connection settings.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL, used for rate limits, the idempotency fast path and revoked tokens.
+    #[arg(
+        long = "redis-url",
+        env = "PAYFLOW_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+}
+
+/// The shared secret that internal (service-to-service) endpoints require.
+#[derive(Debug, Clone, Args)]
+pub struct ServiceTokenArgs {
+    /// Credential for internal endpoints (wallet creation, transfers). Never routed by the gateway.
+    #[arg(
+        long = "service-token",
+        env = "PAYFLOW_SERVICE_TOKEN",
+        hide_env_values = true
+    )]
+    pub service_token: String,
+}
+
+/// How access tokens are verified.
+#[derive(Debug, Clone, Args)]
+pub struct JwtVerifyArgs {
+    /// Where auth publishes its public keys.
+    #[arg(
+        long = "jwks-url",
+        env = "PAYFLOW_JWKS_URL",
+        default_value = "http://127.0.0.1:3004/.well-known/jwks.json"
+    )]
+    pub jwks_url: String,
+    #[command(flatten)]
+    pub claims: JwtClaimArgs,
+}
+
+/// The `iss` and `aud` every access token carries.
+#[derive(Debug, Clone, Args)]
+pub struct JwtClaimArgs {
+    /// Issuer (`iss`) of access tokens.
+    #[arg(
+        long = "jwt-issuer",
+        env = "PAYFLOW_JWT_ISSUER",
+        default_value = "payflow-auth"
+    )]
+    pub issuer: String,
+    /// Audience (`aud`) of access tokens.
+    #[arg(
+        long = "jwt-audience",
+        env = "PAYFLOW_JWT_AUDIENCE",
+        default_value = "payflow-api"
+    )]
+    pub audience: String,
+}
+
+impl Default for JwtClaimArgs {
+    fn default() -> Self {
+        Self {
+            issuer: "payflow-auth".into(),
+            audience: "payflow-api".into(),
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The Postgres pool and per-schema migrations.
+//!
+//! All services share one database; each owns one schema and keeps its own
+//! `_sqlx_migrations` table inside it, so a service's migrations never depend
+//! on another's.
+
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgPool};
+
+use crate::config::DbArgs;
+
+pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
+    let opts: PgConnectOptions = args.database_url.parse()?;
+    let pool = PgPoolOptions::new()
+        .max_connections(args.max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(opts)
+        .await?;
+    Ok(pool)
+}
+
+/// A pool that connects on first use, so a service can start (and report
+/// not-ready) while Postgres is still coming up.
+pub fn connect_lazy(args: &DbArgs) -> anyhow::Result<PgPool> {
+    let opts: PgConnectOptions = args.database_url.parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(args.max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(opts))
+}
+
+/// Runs `migrator` inside `schema`. Safe to run concurrently from many
+/// processes: a session advisory lock serialises schema creation and sqlx
+/// takes its own lock for the migrations.
+pub async fn migrate_schema(
+    pool: &PgPool,
+    schema: &str,
+    migrator: &Migrator,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !schema.is_empty() && schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+        "invalid schema name {schema:?}"
+    );
+    let mut conn = pool.acquire().await?.detach();
+    // Any fixed key works; it only has to be the same in every process.
+    sqlx::query("SELECT pg_advisory_lock(7245337)")
+        .execute(&mut conn)
+        .await?;
+    let result = async {
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&mut conn)
+            .await?;
+        sqlx::query(&format!("SET search_path TO {schema}"))
+            .execute(&mut conn)
+            .await?;
+        migrator.run(&mut conn).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock(7245337)")
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    result
+}

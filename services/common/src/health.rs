@@ -1,0 +1,93 @@
+//! `/healthz` (alive), `/readyz` (dependencies answer), `/health` (the shape
+//! the original Node.js clients read) and `/metrics`.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::metrics::{self, Metrics};
+
+/// The dependencies a service needs before it can serve.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    pub db: Option<sqlx::PgPool>,
+    pub redis: Option<redis::aio::ConnectionManager>,
+}
+
+impl Readiness {
+    /// Checks each dependency with a short deadline.
+    pub async fn check(&self) -> Result<(), String> {
+        let deadline = Duration::from_secs(2);
+        if let Some(db) = &self.db {
+            match tokio::time::timeout(deadline, sqlx::query("SELECT 1").execute(db)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("postgres: {e}")),
+                Err(_) => return Err("postgres: timed out".into()),
+            }
+        }
+        if let Some(redis) = &self.redis {
+            let mut conn = redis.clone();
+            let cmd = redis::cmd("PING");
+            let ping = cmd.query_async::<String>(&mut conn);
+            match tokio::time::timeout(deadline, ping).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("redis: {e}")),
+                Err(_) => return Err("redis: timed out".into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct HealthState {
+    service: &'static str,
+    readiness: Readiness,
+}
+
+/// Routes for health and metrics, to be merged into a service's router.
+pub fn routes(service: &'static str, readiness: Readiness, metrics: Metrics) -> Router {
+    let health = Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status":"ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/health", get(health))
+        .route("/api/health", get(health))
+        .with_state(HealthState { service, readiness });
+    let scrape = Router::new()
+        .route("/metrics", get(metrics::handler))
+        .with_state(metrics);
+    health.merge(scrape)
+}
+
+async fn readyz(State(s): State<HealthState>) -> Response {
+    match s.readiness.check().await {
+        Ok(()) => Json(json!({"status":"ready"})).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status":"not ready","error":e})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn health(State(s): State<HealthState>) -> Response {
+    let (status, word) = match s.readiness.check().await {
+        Ok(()) => (StatusCode::OK, "healthy"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy"),
+    };
+    let body = json!({
+        "status": word,
+        "service": s.service,
+        "timestamp": crate::telemetry::now_rfc3339(),
+        "version": crate::VERSION,
+    });
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,314 @@
+//! Access tokens: EdDSA (Ed25519) JWTs with a `kid`, signed by auth and
+//! verified locally everywhere else against auth's JWKS, with the algorithm
+//! pinned and `iss`, `aud`, `exp`, `nbf` checked.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Mutex, RwLock};
+
+use crate::config::JwtClaimArgs;
+use crate::ids::UserId;
+
+/// `typ` of access tokens; anything else is refused where an access token is expected.
+pub const ACCESS_TYP: &str = "access";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessClaims {
+    pub sub: UserId,
+    pub email: String,
+    pub role: String,
+    pub iss: String,
+    pub aud: String,
+    pub exp: i64,
+    pub nbf: i64,
+    pub iat: i64,
+    pub jti: String,
+    pub typ: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is invalid: {0}")]
+    Invalid(String),
+    #[error("signing keys unavailable: {0}")]
+    KeysUnavailable(String),
+}
+
+/// The signing side: one Ed25519 key pair and its `kid`.
+#[derive(Clone)]
+pub struct JwtSigner {
+    encoding: EncodingKey,
+    public: Vec<u8>,
+    kid: String,
+}
+
+impl JwtSigner {
+    /// A fresh random key, for local runs and tests (tokens die with the process).
+    pub fn generate() -> anyhow::Result<Self> {
+        let der = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .map_err(|_| anyhow::anyhow!("key generation failed"))?;
+        Self::from_pkcs8_der(der.as_ref())
+    }
+
+    /// From a PKCS#8 PEM (`openssl genpkey -algorithm ed25519`, or `payflow keygen`).
+    pub fn from_pem(pem: &str) -> anyhow::Result<Self> {
+        Self::from_pkcs8_der(&pem_to_der(pem)?)
+    }
+
+    fn from_pkcs8_der(der: &[u8]) -> anyhow::Result<Self> {
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
+            .map_err(|e| anyhow::anyhow!("not an Ed25519 PKCS#8 key: {e}"))?;
+        let public = pair.public_key().as_ref().to_vec();
+        let kid = hex::encode(&Sha256::digest(&public)[..8]);
+        Ok(Self {
+            encoding: EncodingKey::from_ed_der(der),
+            public,
+            kid,
+        })
+    }
+
+    /// A new PKCS#8 PEM private key.
+    pub fn generate_pem() -> anyhow::Result<String> {
+        let der = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .map_err(|_| anyhow::anyhow!("key generation failed"))?;
+        let b64 = STANDARD.encode(der.as_ref());
+        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(chunk));
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        Ok(pem)
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn sign(&self, claims: &AccessClaims) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+    }
+
+    /// The public half as a JWKS document.
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({"keys": [self.jwk()]})
+    }
+
+    fn jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA",
+            "kid": self.kid, "x": URL_SAFE_NO_PAD.encode(&self.public),
+        })
+    }
+
+    /// A verifier that trusts exactly this key (no network).
+    pub fn verifier(&self, claims: &JwtClaimArgs) -> JwtVerifier {
+        let mut keys = HashMap::new();
+        keys.insert(
+            self.kid.clone(),
+            DecodingKey::from_ed_components(&URL_SAFE_NO_PAD.encode(&self.public)).ok(),
+        );
+        let keys = keys
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+        JwtVerifier::new(keys, None, claims)
+    }
+}
+
+fn pem_to_der(pem: &str) -> anyhow::Result<Vec<u8>> {
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::trim)
+        .collect();
+    Ok(STANDARD.decode(body)?)
+}
+
+/// The verifying side. With a JWKS URL it fetches keys on first use and again
+/// (at most every 10 s) when a token names an unknown `kid`, so auth can rotate.
+#[derive(Clone)]
+pub struct JwtVerifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    jwks: Option<(String, reqwest::Client)>,
+    last_fetch: Mutex<Option<Instant>>,
+    validation: Validation,
+}
+
+const REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+
+impl JwtVerifier {
+    pub fn from_jwks_url(url: &str, claims: &JwtClaimArgs) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .unwrap_or_default();
+        Self::new(HashMap::new(), Some((url.to_string(), client)), claims)
+    }
+
+    fn new(
+        keys: HashMap<String, DecodingKey>,
+        jwks: Option<(String, reqwest::Client)>,
+        claims: &JwtClaimArgs,
+    ) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&claims.issuer]);
+        validation.set_audience(&[&claims.audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = 5;
+        Self {
+            inner: Arc::new(Inner {
+                keys: RwLock::new(keys),
+                jwks,
+                last_fetch: Mutex::new(None),
+                validation,
+            }),
+        }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::Invalid(format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| TokenError::Invalid("no kid".into()))?;
+        if !self.inner.keys.read().await.contains_key(&kid) {
+            self.refresh().await?;
+        }
+        let keys = self.inner.keys.read().await;
+        let key = keys
+            .get(&kid)
+            .ok_or_else(|| TokenError::Invalid(format!("unknown kid {kid}")))?;
+        let data = jsonwebtoken::decode::<AccessClaims>(token, key, &self.inner.validation)
+            .map_err(|e| TokenError::Invalid(e.to_string()))?;
+        if data.claims.typ != ACCESS_TYP {
+            return Err(TokenError::Invalid("not an access token".into()));
+        }
+        Ok(data.claims)
+    }
+
+    async fn refresh(&self) -> Result<(), TokenError> {
+        let Some((url, client)) = &self.inner.jwks else {
+            return Ok(());
+        };
+        let mut last = self.inner.last_fetch.lock().await;
+        if last.is_some_and(|t| t.elapsed() < REFETCH_INTERVAL) {
+            return Ok(());
+        }
+        let fetched: Result<JwkSet, String> = async {
+            let res = client.get(url).send().await.map_err(|e| e.to_string())?;
+            let res = res.error_for_status().map_err(|e| e.to_string())?;
+            res.json::<JwkSet>().await.map_err(|e| e.to_string())
+        }
+        .await;
+        let set = fetched.map_err(TokenError::KeysUnavailable)?;
+        *last = Some(Instant::now());
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            if let (Some(kid), Ok(key)) = (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)) {
+                keys.insert(kid, key);
+            }
+        }
+        tracing::info!(keys = keys.len(), %url, "fetched signing keys");
+        *self.inner.keys.write().await = keys;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(now: i64) -> AccessClaims {
+        AccessClaims {
+            sub: UserId::new(),
+            email: "a@b.co".into(),
+            role: "user".into(),
+            iss: "payflow-auth".into(),
+            aud: "payflow-api".into(),
+            exp: now + 60,
+            nbf: now,
+            iat: now,
+            jti: "j".into(),
+            typ: ACCESS_TYP.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trip_and_rejections() {
+        let args = JwtClaimArgs::default();
+        let signer = JwtSigner::generate().unwrap();
+        let verifier = signer.verifier(&args);
+        let now = chrono::Utc::now().timestamp();
+        let token = signer.sign(&claims(now)).unwrap();
+        assert_eq!(verifier.verify(&token).await.unwrap().email, "a@b.co");
+
+        let other = JwtSigner::from_pem(&JwtSigner::generate_pem().unwrap()).unwrap();
+        assert!(
+            verifier
+                .verify(&other.sign(&claims(now)).unwrap())
+                .await
+                .is_err(),
+            "wrong key"
+        );
+
+        let mut c = claims(now);
+        c.aud = "someone-else".into();
+        assert!(
+            verifier.verify(&signer.sign(&c).unwrap()).await.is_err(),
+            "wrong audience"
+        );
+
+        let mut c = claims(now);
+        c.exp = now - 60;
+        assert!(
+            verifier.verify(&signer.sign(&c).unwrap()).await.is_err(),
+            "expired"
+        );
+
+        let mut c = claims(now);
+        c.typ = "refresh".into();
+        assert!(
+            verifier.verify(&signer.sign(&c).unwrap()).await.is_err(),
+            "wrong typ"
+        );
+
+        // alg: none, with the payload of a valid token.
+        let payload = token.split('.').nth(1).unwrap();
+        let none = format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            payload
+        );
+        assert!(verifier.verify(&none).await.is_err(), "alg none");
+    }
+
+    #[test]
+    fn jwks_is_usable_by_jsonwebtoken() {
+        let signer = JwtSigner::generate().unwrap();
+        let set: JwkSet = serde_json::from_value(signer.jwks()).unwrap();
+        assert!(DecodingKey::from_jwk(&set.keys[0]).is_ok());
+    }
+}

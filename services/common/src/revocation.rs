@@ -1,0 +1,30 @@
+//! Revoked access tokens (`jti`), kept in Redis until the token would have
+//! expired anyway. Auth writes on logout; the gateway reads on every request.
+
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+
+fn key(jti: &str) -> String {
+    format!("payflow:revoked-jti:{jti}")
+}
+
+#[derive(Clone)]
+pub struct RevocationList {
+    redis: ConnectionManager,
+}
+
+impl RevocationList {
+    pub fn new(redis: ConnectionManager) -> Self {
+        Self { redis }
+    }
+
+    pub async fn revoke(&self, jti: &str, ttl_secs: u64) -> redis::RedisResult<()> {
+        let mut conn = self.redis.clone();
+        conn.set_ex::<_, _, ()>(key(jti), 1, ttl_secs.max(1)).await
+    }
+
+    pub async fn is_revoked(&self, jti: &str) -> redis::RedisResult<bool> {
+        let mut conn = self.redis.clone();
+        conn.exists(key(jti)).await
+    }
+}

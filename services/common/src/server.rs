@@ -1,0 +1,105 @@
+//! Wrapping a service router with the layers every service shares, and
+//! serving it with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::health::{self, Readiness};
+use crate::metrics::{self, Metrics};
+
+/// Identity and dependencies of one running service.
+#[derive(Clone)]
+pub struct ServiceInfo {
+    /// The name `/health` reports, e.g. `api-gateway`.
+    pub name: &'static str,
+    pub metrics: Metrics,
+    pub readiness: Readiness,
+    /// Upper bound for handling one request.
+    pub request_timeout: Duration,
+}
+
+impl ServiceInfo {
+    pub fn new(name: &'static str, readiness: Readiness) -> Self {
+        Self {
+            name,
+            metrics: Metrics::new(name),
+            readiness,
+            request_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Adds health/metrics routes, JSON 404/405, a request timeout, panic
+/// recovery, metrics and correlation ids (outermost, so every answer has one).
+pub fn with_common_layers(router: Router, info: &ServiceInfo) -> Router {
+    let timeout = info.request_timeout;
+    router
+        .merge(health::routes(
+            info.name,
+            info.readiness.clone(),
+            info.metrics.clone(),
+        ))
+        .fallback(|| async { ApiError::route_not_found() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+            )
+        })
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            request_timeout(timeout, req, next)
+        }))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError::internal("handler panicked").into_response()
+        }))
+        .layer(middleware::from_fn_with_state(
+            info.metrics.clone(),
+            metrics::middleware,
+        ))
+        .layer(middleware::from_fn(crate::correlation::middleware))
+}
+
+async fn request_timeout(limit: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::new(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "Request timed out",
+        )
+        .into_response(),
+    }
+}
+
+/// Binds `addr` (port 0 picks a free one).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
+
+/// Serves until SIGTERM/Ctrl-C or `cancel`, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(crate::shutdown::signal(cancel))
+    .await?;
+    Ok(())
+}

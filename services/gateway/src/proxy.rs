@@ -1,0 +1,126 @@
+//! Forwarding a request to an upstream service and its answer back, with a
+//! time limit and the upstream's circuit breaker.
+
+use std::net::IpAddr;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use payflow_common::correlation::{self, CorrelationId};
+use payflow_common::error::ApiError;
+use payflow_common::extract::read_body;
+
+use crate::state::{AppState, Upstream};
+
+/// Request headers an upstream needs; everything else (cookies, hop-by-hop) stays here.
+const FORWARDED_REQUEST: &[&str] = &[
+    "authorization",
+    "content-type",
+    "accept",
+    "idempotency-key",
+    "user-agent",
+    "accept-language",
+];
+/// Response headers a client needs.
+const FORWARDED_RESPONSE: &[&str] = &[
+    "content-type",
+    "retry-after",
+    "idempotent-replayed",
+    "location",
+];
+
+/// The client address, set by the rate-limit middleware.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+pub async fn forward(state: &AppState, upstream: &Upstream, req: Request) -> Response {
+    let outcome = |o: &str| {
+        state
+            .gateway_metrics
+            .upstream_requests
+            .with_label_values(&[upstream.name, o])
+            .inc()
+    };
+    if !upstream.breaker.allow() {
+        outcome("breaker_open");
+        return unavailable(upstream);
+    }
+    let client_ip = req.extensions().get::<ClientIp>().map(|c| c.0);
+    let correlation = req.extensions().get::<CorrelationId>().cloned();
+    let method = req.method().clone();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let headers = req.headers().clone();
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+
+    let mut call = state
+        .http
+        .request(method, format!("{}{}", upstream.base_url, path));
+    for name in FORWARDED_REQUEST {
+        if let Some(v) = headers.get(*name) {
+            call = call.header(*name, v);
+        }
+    }
+    if let Some(ip) = client_ip {
+        call = call.header("x-forwarded-for", ip.to_string());
+    }
+    if let Some(id) = correlation {
+        call = call.header(correlation::HEADER, id.0);
+    }
+    let res = match call.body(body).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            upstream.breaker.record_failure();
+            let timed_out = e.is_timeout();
+            outcome(if timed_out { "timeout" } else { "error" });
+            tracing::warn!(upstream = upstream.name, error = %e, "upstream call failed");
+            return unavailable(upstream);
+        }
+    };
+    let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    if status.is_server_error() {
+        upstream.breaker.record_failure();
+        outcome("server_error");
+    } else {
+        upstream.breaker.record_success();
+        outcome("ok");
+    }
+    let mut out = Response::builder().status(status);
+    for name in FORWARDED_RESPONSE {
+        if let Some(v) = res.headers().get(*name) {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(v.as_bytes()),
+            ) {
+                out = out.header(n, v);
+            }
+        }
+    }
+    match res.bytes().await {
+        Ok(bytes) => out
+            .body(Body::from(bytes))
+            .unwrap_or_else(|e| ApiError::internal(e).into_response()),
+        Err(e) => {
+            upstream.breaker.record_failure();
+            tracing::warn!(upstream = upstream.name, error = %e, "upstream body failed");
+            unavailable(upstream)
+        }
+    }
+}
+
+fn unavailable(upstream: &Upstream) -> Response {
+    ApiError::unavailable("Service temporarily unavailable")
+        .with_code("upstream_unavailable")
+        .with_details(vec![payflow_common::error::FieldError::new(
+            "service",
+            upstream.name,
+        )])
+        .into_response()
+}

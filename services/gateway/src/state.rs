@@ -1,0 +1,135 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use payflow_common::jwt::JwtVerifier;
+use payflow_common::metrics::Metrics;
+use payflow_common::revocation::RevocationList;
+use prometheus::{IntCounterVec, Opts};
+
+use crate::breaker::CircuitBreaker;
+use crate::client_ip::TrustedProxies;
+use crate::config::Config;
+use crate::rate_limit::{Limit, RateLimiter};
+
+/// One service behind the gateway.
+#[derive(Clone)]
+pub struct Upstream {
+    pub name: &'static str,
+    pub base_url: String,
+    pub breaker: Arc<CircuitBreaker>,
+}
+
+#[derive(Clone)]
+pub struct Upstreams {
+    pub auth: Upstream,
+    pub wallet: Upstream,
+}
+
+#[derive(Clone)]
+pub struct Limits {
+    pub ip: Limit,
+    pub user: Limit,
+    pub auth: Limit,
+}
+
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    pub rate_limited: IntCounterVec,
+    pub upstream_requests: IntCounterVec,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub redis: redis::aio::ConnectionManager,
+    pub verifier: JwtVerifier,
+    pub revocations: RevocationList,
+    pub limiter: RateLimiter,
+    pub limits: Limits,
+    pub upstreams: Upstreams,
+    pub http: reqwest::Client,
+    pub trusted_proxies: TrustedProxies,
+    pub cors_origins: Vec<String>,
+    pub metrics: Metrics,
+    pub gateway_metrics: GatewayMetrics,
+}
+
+impl AppState {
+    pub async fn new(cfg: &Config) -> anyhow::Result<Self> {
+        let redis = payflow_common::redis_conn::connect(&cfg.redis).await?;
+        let verifier = JwtVerifier::from_jwks_url(&cfg.jwt.jwks_url, &cfg.jwt.claims);
+        Self::with_parts(cfg, redis, verifier)
+    }
+
+    pub fn with_parts(
+        cfg: &Config,
+        redis: redis::aio::ConnectionManager,
+        verifier: JwtVerifier,
+    ) -> anyhow::Result<Self> {
+        let u = &cfg.upstreams;
+        let upstream = |name, base: &str| Upstream {
+            name,
+            base_url: base.trim_end_matches('/').to_string(),
+            breaker: Arc::new(CircuitBreaker::new(
+                u.breaker_failures,
+                Duration::from_secs(u.breaker_open_secs),
+            )),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(u.timeout_ms))
+            .connect_timeout(Duration::from_millis(u.timeout_ms.min(2_000)))
+            .pool_max_idle_per_host(64)
+            .build()?;
+        let metrics = Metrics::new(crate::SERVICE_NAME);
+        let gateway_metrics = GatewayMetrics {
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "payflow_gateway_rate_limited_total",
+                    "Requests refused by a rate limit",
+                ),
+                &["scope"],
+            )?,
+            upstream_requests: IntCounterVec::new(
+                Opts::new(
+                    "payflow_gateway_upstream_requests_total",
+                    "Upstream calls by outcome",
+                ),
+                &["upstream", "outcome"],
+            )?,
+        };
+        metrics.register(Box::new(gateway_metrics.rate_limited.clone()));
+        metrics.register(Box::new(gateway_metrics.upstream_requests.clone()));
+        Ok(Self {
+            revocations: RevocationList::new(redis.clone()),
+            limiter: RateLimiter::new(redis.clone()),
+            redis,
+            verifier,
+            limits: Limits {
+                ip: Limit {
+                    per_minute: cfg.limits.ip_per_minute,
+                },
+                user: Limit {
+                    per_minute: cfg.limits.user_per_minute,
+                },
+                auth: Limit {
+                    per_minute: cfg.limits.auth_per_minute,
+                },
+            },
+            upstreams: Upstreams {
+                auth: upstream("auth", &u.auth_url),
+                wallet: upstream("wallet", &u.wallet_url),
+            },
+            http,
+            trusted_proxies: TrustedProxies::parse(&cfg.trusted_proxies)?,
+            cors_origins: cfg.cors_origins.clone(),
+            metrics,
+            gateway_metrics,
+        })
+    }
+}
+
+impl FromRef<AppState> for JwtVerifier {
+    fn from_ref(s: &AppState) -> Self {
+        s.verifier.clone()
+    }
+}

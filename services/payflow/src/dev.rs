@@ -1,0 +1,108 @@
+//! `payflow dev`: gateway, auth and wallet in one process, wired to each other
+//! on loopback, after applying migrations. For local use, not production.
+
+use clap::{Args, Parser};
+use payflow_common::config::{DbArgs, RedisArgs};
+use payflow_common::shutdown::CancellationToken;
+use rand::Rng;
+
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    /// Address every component binds to.
+    #[arg(
+        long = "dev-bind",
+        env = "PAYFLOW_DEV_BIND",
+        default_value = "127.0.0.1"
+    )]
+    bind: String,
+    /// Gateway port.
+    #[arg(
+        long = "gateway-port",
+        env = "PAYFLOW_GATEWAY_PORT",
+        default_value_t = 3000
+    )]
+    gateway_port: u16,
+    /// Auth port.
+    #[arg(long = "auth-port", env = "PAYFLOW_AUTH_PORT", default_value_t = 3004)]
+    auth_port: u16,
+    /// Wallet port.
+    #[arg(
+        long = "wallet-port",
+        env = "PAYFLOW_WALLET_PORT",
+        default_value_t = 3001
+    )]
+    wallet_port: u16,
+}
+
+/// Parses one component's configuration from the environment and `args`,
+/// so `dev` honours every PAYFLOW_* variable that component does.
+#[derive(Parser)]
+struct Component<T: Args> {
+    #[command(flatten)]
+    cfg: T,
+}
+
+fn component<T: Args>(flags: &[String]) -> anyhow::Result<T> {
+    let argv = std::iter::once("payflow-dev".to_string()).chain(flags.iter().cloned());
+    Ok(Component::<T>::try_parse_from(argv)?.cfg)
+}
+
+pub async fn run(a: DevArgs, cancel: CancellationToken) -> anyhow::Result<()> {
+    crate::migrate(&a.db).await?;
+    let token = std::env::var("PAYFLOW_SERVICE_TOKEN").unwrap_or_else(|_| {
+        let bytes: [u8; 24] = rand::thread_rng().gen();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    });
+    let url = |port: u16| format!("http://{}:{port}", a.bind);
+    let jwks = format!("{}/.well-known/jwks.json", url(a.auth_port));
+    // `--name=value`, so values that start with dashes (PEM keys) stay values.
+    let flag = |name: &str, value: String| format!("--{name}={value}");
+    let db = flag("database-url", a.db.database_url.clone());
+    let redis = flag("redis-url", a.redis.redis_url.clone());
+    let bind = flag("bind", a.bind.clone());
+    let service_token = flag("service-token", token);
+
+    let auth: payflow_auth::Config = component(&[
+        db.clone(),
+        redis.clone(),
+        bind.clone(),
+        service_token.clone(),
+        flag("auth-port", a.auth_port.to_string()),
+        flag("wallet-url", url(a.wallet_port)),
+    ])?;
+    let wallet: payflow_wallet::Config = component(&[
+        db,
+        bind.clone(),
+        service_token,
+        flag("wallet-port", a.wallet_port.to_string()),
+        flag("jwks-url", jwks.clone()),
+    ])?;
+    let gateway: payflow_gateway::Config = component(&[
+        redis,
+        bind,
+        flag("gateway-port", a.gateway_port.to_string()),
+        flag("jwks-url", jwks),
+        flag("auth-url", url(a.auth_port)),
+        flag("wallet-url", url(a.wallet_port)),
+    ])?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(payflow_auth::run(auth, cancel.clone()));
+    tasks.spawn(payflow_wallet::run(wallet, cancel.clone()));
+    tasks.spawn(payflow_gateway::run(gateway, cancel.clone()));
+    tracing::info!(gateway = %url(a.gateway_port), "payflow dev is up");
+    let mut first_error = None;
+    while let Some(result) = tasks.join_next().await {
+        let outcome = result.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = outcome {
+            // One component down means the local stack is broken: stop the rest.
+            cancel.cancel();
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

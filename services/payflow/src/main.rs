@@ -1,0 +1,99 @@
+//! `payflow`: every PayFlow component in one binary; the subcommand picks the role.
+
+mod dev;
+
+use clap::{Parser, Subcommand};
+use payflow_common::config::DbArgs;
+use payflow_common::shutdown::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "payflow",
+    version,
+    about = "PayFlow payment platform",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The public API gateway (port 3000).
+    Gateway(payflow_gateway::Config),
+    /// The auth service: users, tokens, JWKS (port 3004).
+    Auth(payflow_auth::Config),
+    /// The wallet service: accounts, ledger, two-phase transfers (port 3001).
+    Wallet(payflow_wallet::Config),
+    /// Every component in one process, for local use.
+    Dev(dev::DevArgs),
+    /// Creates or upgrades every service's schema, then exits.
+    Migrate(DbArgs),
+    /// Verifies the ledger (balances sum to zero and match their entries); exits 1 on any problem.
+    LedgerCheck(DbArgs),
+    /// Prints a new Ed25519 private key (PKCS#8 PEM) for PAYFLOW_JWT_PRIVATE_KEY.
+    Keygen,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    payflow_common::telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("payflow: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "payflow failed");
+            eprintln!("payflow: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    let cancel = CancellationToken::new();
+    match command {
+        Command::Gateway(cfg) => payflow_gateway::run(cfg, cancel).await?,
+        Command::Auth(cfg) => payflow_auth::run(cfg, cancel).await?,
+        Command::Wallet(cfg) => payflow_wallet::run(cfg, cancel).await?,
+        Command::Dev(args) => dev::run(args, cancel).await?,
+        Command::Migrate(db) => migrate(&db).await?,
+        Command::LedgerCheck(db) => return ledger_check(&db).await,
+        Command::Keygen => print!("{}", payflow_common::jwt::JwtSigner::generate_pem()?),
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+pub(crate) async fn migrate(db: &DbArgs) -> anyhow::Result<()> {
+    let pool = payflow_common::db::connect(db).await?;
+    payflow_auth::migrate(&pool).await?;
+    payflow_wallet::migrate(&pool).await?;
+    tracing::info!("migrations applied");
+    pool.close().await;
+    Ok(())
+}
+
+async fn ledger_check(db: &DbArgs) -> anyhow::Result<std::process::ExitCode> {
+    let pool = payflow_common::db::connect(db).await?;
+    let report = payflow_wallet::ledger_check(&pool).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(if report.is_ok() {
+        eprintln!(
+            "ledger ok: {} accounts, {} transfers, {} entries",
+            report.accounts, report.transfers, report.entries
+        );
+        std::process::ExitCode::SUCCESS
+    } else {
+        eprintln!("ledger check FAILED: {} problem(s)", report.problems.len());
+        std::process::ExitCode::FAILURE
+    })
+}

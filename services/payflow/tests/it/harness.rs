@@ -1,0 +1,304 @@
+//! Starts auth, wallet and gateway in this process on random ports, against
+//! the real Postgres and Redis the test command started.
+
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser};
+use payflow_common::jwt::JwtSigner;
+use payflow_common::shutdown::CancellationToken;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+pub fn database_url() -> String {
+    std::env::var("PAYFLOW_TEST_DATABASE_URL")
+        .expect("PAYFLOW_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh")
+}
+
+pub fn redis_url() -> String {
+    std::env::var("PAYFLOW_TEST_REDIS_URL")
+        .expect("PAYFLOW_TEST_REDIS_URL is not set: run the tests with scripts/test.sh")
+}
+
+#[derive(Parser)]
+struct Component<T: Args> {
+    #[command(flatten)]
+    cfg: T,
+}
+
+fn component<T: Args>(flags: &[(&str, String)]) -> T {
+    let argv =
+        std::iter::once("test".to_string()).chain(flags.iter().map(|(k, v)| format!("--{k}={v}")));
+    Component::<T>::try_parse_from(argv)
+        .expect("valid test configuration")
+        .cfg
+}
+
+/// Knobs a test may turn.
+#[derive(Clone)]
+pub struct Options {
+    pub ip_per_minute: u32,
+    pub user_per_minute: u32,
+    pub auth_per_minute: u32,
+    pub trusted_proxies: String,
+    pub login_max_failures: u32,
+    /// Point the gateway's wallet upstream at a closed port.
+    pub wallet_down: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        // Limits off: tests share 127.0.0.1, and the limit tests use their own addresses.
+        Self {
+            ip_per_minute: 0,
+            user_per_minute: 0,
+            auth_per_minute: 0,
+            trusted_proxies: String::new(),
+            login_max_failures: 5,
+            wallet_down: false,
+        }
+    }
+}
+
+pub struct Stack {
+    pub gateway: String,
+    pub auth: String,
+    pub wallet: String,
+    pub service_token: String,
+    /// Signs with auth's own key, to forge tokens with bad claims.
+    pub signer: JwtSigner,
+    pub pool: PgPool,
+    pub http: reqwest::Client,
+    cancel: CancellationToken,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a free port");
+    let url = format!("http://{}", l.local_addr().expect("local addr"));
+    (l, url)
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(o: Options) -> Self {
+        payflow_common::telemetry::init();
+        let db = database_url();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .connect(&db)
+            .await
+            .expect("connect to the test database");
+        payflow_auth::migrate(&pool).await.expect("auth migrations");
+        payflow_wallet::migrate(&pool)
+            .await
+            .expect("wallet migrations");
+
+        let (auth_l, auth) = listener().await;
+        let (wallet_l, wallet) = listener().await;
+        let (gateway_l, gateway) = listener().await;
+        let service_token = format!("test-{}", uuid::Uuid::new_v4());
+        let pem = JwtSigner::generate_pem().expect("key");
+        let signer = JwtSigner::from_pem(&pem).expect("key");
+        let jwks = format!("{auth}/.well-known/jwks.json");
+        let cancel = CancellationToken::new();
+
+        let auth_cfg: payflow_auth::Config = component(&[
+            ("database-url", db.clone()),
+            ("redis-url", redis_url()),
+            ("service-token", service_token.clone()),
+            ("wallet-url", wallet.clone()),
+            ("jwt-private-key", pem),
+            ("login-max-failures", o.login_max_failures.to_string()),
+            ("db-max-connections", "30".into()),
+        ]);
+        let wallet_cfg: payflow_wallet::Config = component(&[
+            ("database-url", db.clone()),
+            ("service-token", service_token.clone()),
+            ("jwks-url", jwks.clone()),
+            ("db-max-connections", "30".into()),
+        ]);
+        let wallet_upstream = if o.wallet_down {
+            "http://127.0.0.1:9".to_string()
+        } else {
+            wallet.clone()
+        };
+        let mut gateway_flags = vec![
+            ("redis-url", redis_url()),
+            ("jwks-url", jwks),
+            ("auth-url", auth.clone()),
+            ("wallet-url", wallet_upstream),
+            ("rate-limit-ip-per-minute", o.ip_per_minute.to_string()),
+            ("rate-limit-user-per-minute", o.user_per_minute.to_string()),
+            ("rate-limit-auth-per-minute", o.auth_per_minute.to_string()),
+            ("breaker-failures", "3".into()),
+            ("upstream-timeout-ms", "3000".into()),
+        ];
+        if !o.trusted_proxies.is_empty() {
+            gateway_flags.push(("trusted-proxies", o.trusted_proxies.clone()));
+        }
+        let gateway_cfg: payflow_gateway::Config = component(&gateway_flags);
+
+        let auth_router = payflow_auth::router(
+            payflow_auth::AppState::new(&auth_cfg)
+                .await
+                .expect("auth state"),
+        );
+        let wallet_router = payflow_wallet::router(
+            payflow_wallet::AppState::new(&wallet_cfg)
+                .await
+                .expect("wallet state"),
+        );
+        let gateway_router = payflow_gateway::router(
+            payflow_gateway::AppState::new(&gateway_cfg)
+                .await
+                .expect("gateway state"),
+        );
+        for (l, r) in [
+            (auth_l, auth_router),
+            (wallet_l, wallet_router),
+            (gateway_l, gateway_router),
+        ] {
+            let c = cancel.clone();
+            tokio::spawn(async move { payflow_common::server::serve(l, r, c).await });
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        let stack = Stack {
+            gateway,
+            auth,
+            wallet,
+            service_token,
+            signer,
+            pool,
+            http,
+            cancel,
+        };
+        stack.wait_ready().await;
+        stack
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for base in [&self.auth, &self.wallet, &self.gateway] {
+            loop {
+                let ok = self
+                    .http
+                    .get(format!("{base}/readyz"))
+                    .send()
+                    .await
+                    .map(|r| r.status() == 200);
+                if matches!(ok, Ok(true)) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{base} did not become ready");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.gateway, path)
+    }
+
+    /// Registers a fresh user through the gateway.
+    pub async fn register(&self) -> User {
+        let email = format!("user-{}@example.com", uuid::Uuid::new_v4());
+        let password = "Sup3r-secret".to_string();
+        let res = self
+            .http
+            .post(self.url("/api/auth/register"))
+            .json(&json!({"email": email, "password": password, "name": "Test User"}))
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(res.status(), 201, "register: {:?}", res.text().await);
+        let body: Value = res.json().await.expect("json");
+        User {
+            id: body["userId"].as_str().expect("userId").to_string(),
+            email,
+            password,
+            access: body["accessToken"]
+                .as_str()
+                .expect("accessToken")
+                .to_string(),
+            refresh: body["refreshToken"]
+                .as_str()
+                .expect("refreshToken")
+                .to_string(),
+        }
+    }
+
+    /// Calls a wallet internal endpoint with the service credential.
+    pub async fn internal(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.wallet, path))
+            .header("x-payflow-service-token", &self.service_token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("internal call");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn assert_ledger_ok(&self) {
+        let report = payflow_wallet::ledger_check(&self.pool)
+            .await
+            .expect("ledger check runs");
+        assert!(
+            report.is_ok(),
+            "ledger check failed: {:#?}",
+            report.problems
+        );
+    }
+}
+
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub password: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+/// GET with a bearer token, returning status, headers and JSON body.
+pub async fn get(stack: &Stack, path: &str, token: &str) -> (u16, Value) {
+    let res = stack
+        .http
+        .get(stack.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn post(stack: &Stack, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut req = stack.http.post(stack.url(path)).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}

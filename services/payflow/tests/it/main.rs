@@ -1,0 +1,10 @@
+//! End-to-end tests: real Postgres and Redis, services on random ports.
+
+mod harness;
+
+mod gateway;
+mod registration;
+mod story;
+mod tokens;
+mod validation;
+mod wallet;

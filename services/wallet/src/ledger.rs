@@ -1,0 +1,433 @@
+//! The ledger's state changes. Every change runs in one database transaction,
+//! decides through a guarded update (`... WHERE state = 'pending'`) rather than
+//! a read-then-write, and locks account rows in id order so two transfers in
+//! opposite directions cannot deadlock each other.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use payflow_common::ids::{TransferId, UserId};
+use payflow_common::money::Currency;
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("sender wallet not found")]
+    SenderNotFound,
+    #[error("recipient not found")]
+    RecipientNotFound,
+    #[error("cannot transfer to the same wallet")]
+    SameAccount,
+    #[error("currency mismatch")]
+    CurrencyMismatch,
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    #[error("transfer id already used with different fields")]
+    Conflict,
+    #[error("transfer already posted")]
+    AlreadyPosted,
+    #[error("transfer already voided")]
+    AlreadyVoided,
+    #[error("transfer not found")]
+    NotFound,
+    /// A concurrent change got in between; the whole operation is run again.
+    #[error("retry")]
+    Retry,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Wallet {
+    pub user_id: Uuid,
+    pub name: String,
+    pub currency: String,
+    pub balance: i64,
+    pub pending_debits: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum TransferState {
+    Pending,
+    Posted,
+    Voided,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Transfer {
+    pub id: Uuid,
+    pub kind: String,
+    pub from_user_id: Option<Uuid>,
+    pub to_user_id: Option<Uuid>,
+    pub amount: Option<i64>,
+    pub currency: Option<String>,
+    pub state: TransferState,
+    pub timeout_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// A request to hold money for a payment.
+#[derive(Debug, Clone)]
+pub struct NewTransfer {
+    pub id: TransferId,
+    pub from: UserId,
+    pub to: UserId,
+    /// Minor units, > 0.
+    pub amount: i64,
+    pub currency: Currency,
+    pub timeout: Duration,
+}
+
+impl NewTransfer {
+    fn same_as(&self, t: &Transfer) -> bool {
+        t.kind == "payment"
+            && t.from_user_id == Some(self.from.0)
+            && t.to_user_id == Some(self.to.0)
+            && t.amount == Some(self.amount)
+            && t.currency.as_deref() == Some(self.currency.code())
+    }
+}
+
+/// Whether a create made something new or found an identical earlier request.
+#[derive(Debug)]
+pub enum Outcome<T> {
+    Created(T),
+    Existing(T),
+}
+
+const MAX_ATTEMPTS: u32 = 8;
+
+/// Runs `op` again on deadlocks, serialization failures and [`LedgerError::Retry`].
+async fn retrying<T, F, Fut>(mut op: F) -> Result<T, LedgerError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, LedgerError>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match op().await {
+            Err(e) if attempt < MAX_ATTEMPTS && is_transient(&e) => {
+                tracing::debug!(error = %e, attempt, "retrying ledger operation");
+                tokio::time::sleep(Duration::from_millis(2u64 << attempt.min(6))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_transient(e: &LedgerError) -> bool {
+    match e {
+        LedgerError::Retry => true,
+        LedgerError::Db(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("40P01") | Some("40001"))
+        }
+        _ => false,
+    }
+}
+
+const TRANSFER_SELECT: &str =
+    "SELECT t.id, t.kind, d.user_id AS from_user_id, c.user_id AS to_user_id, \
+     t.amount, t.currency::text AS currency, t.state, t.timeout_at, t.created_at, t.resolved_at \
+     FROM wallet.transfers t \
+     LEFT JOIN wallet.accounts d ON d.id = t.debit_account_id \
+     LEFT JOIN wallet.accounts c ON c.id = t.credit_account_id \
+     WHERE t.id = $1";
+
+const WALLET_SELECT: &str =
+    "SELECT user_id, name, currency::text AS currency, balance, pending_debits, \
+     created_at, updated_at FROM wallet.accounts WHERE user_id = $1";
+
+pub async fn get_transfer(pool: &PgPool, id: TransferId) -> Result<Option<Transfer>, sqlx::Error> {
+    sqlx::query_as::<_, Transfer>(TRANSFER_SELECT)
+        .bind(id.0)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn get_wallet(pool: &PgPool, user: UserId) -> Result<Option<Wallet>, sqlx::Error> {
+    sqlx::query_as::<_, Wallet>(WALLET_SELECT)
+        .bind(user.0)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The payee directory: every user wallet's owner and name.
+pub async fn directory(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT user_id, name FROM wallet.accounts WHERE kind = 'user' ORDER BY name, user_id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Creates a user's wallet with the sign-up credit, once: a second call for
+/// the same user returns the existing wallet and credits nothing.
+pub async fn create_wallet(
+    pool: &PgPool,
+    user: UserId,
+    name: &str,
+    currency: Currency,
+    signup_credit: i64,
+) -> Result<Outcome<Wallet>, LedgerError> {
+    sqlx::query(
+        "INSERT INTO wallet.accounts (id, kind, name, currency) VALUES ($1, 'system', $2, $3) \
+         ON CONFLICT (currency) WHERE kind = 'system' DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(format!("PayFlow issuer {currency}"))
+    .bind(currency.code())
+    .execute(pool)
+    .await?;
+
+    let created = retrying(|| async {
+        let mut tx = pool.begin().await?;
+        let account = Uuid::now_v7();
+        let inserted = sqlx::query(
+            "INSERT INTO wallet.accounts (id, user_id, kind, name, currency) VALUES ($1, $2, 'user', $3, $4) \
+             ON CONFLICT (user_id) DO NOTHING",
+        )
+        .bind(account)
+        .bind(user.0)
+        .bind(name)
+        .bind(currency.code())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(false);
+        }
+        if signup_credit > 0 {
+            let issuer: Uuid = sqlx::query_scalar(
+                "SELECT id FROM wallet.accounts WHERE kind = 'system' AND currency = $1 FOR UPDATE",
+            )
+            .bind(currency.code())
+            .fetch_one(&mut *tx)
+            .await?;
+            let transfer = Uuid::now_v7();
+            sqlx::query(
+                "INSERT INTO wallet.transfers (id, kind, debit_account_id, credit_account_id, amount, currency, state, resolved_at) \
+                 VALUES ($1, 'signup_credit', $2, $3, $4, $5, 'posted', now())",
+            )
+            .bind(transfer)
+            .bind(issuer)
+            .bind(account)
+            .bind(signup_credit)
+            .bind(currency.code())
+            .execute(&mut *tx)
+            .await?;
+            move_money(&mut tx, transfer, issuer, account, signup_credit, false).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    })
+    .await?;
+    let wallet = get_wallet(pool, user).await?.ok_or(LedgerError::NotFound)?;
+    Ok(if created {
+        Outcome::Created(wallet)
+    } else {
+        Outcome::Existing(wallet)
+    })
+}
+
+/// Places a hold: a pending transfer that reduces the sender's available balance.
+/// Repeating an identical request is a success; reusing the id otherwise is a conflict.
+pub async fn create_pending(
+    pool: &PgPool,
+    new: &NewTransfer,
+) -> Result<Outcome<Transfer>, LedgerError> {
+    if new.from == new.to {
+        return Err(LedgerError::SameAccount);
+    }
+    let created = retrying(|| async {
+        let mut tx = pool.begin().await?;
+        let accounts: Vec<(Uuid, Option<Uuid>, String)> = sqlx::query_as(
+            "SELECT id, user_id, currency::text FROM wallet.accounts WHERE user_id = ANY($1)",
+        )
+        .bind(vec![new.from.0, new.to.0])
+        .fetch_all(&mut *tx)
+        .await?;
+        let find = |u: UserId| accounts.iter().find(|a| a.1 == Some(u.0));
+        let debit = find(new.from).ok_or(LedgerError::SenderNotFound)?;
+        let credit = find(new.to).ok_or(LedgerError::RecipientNotFound)?;
+        if debit.2 != new.currency.code() || credit.2 != new.currency.code() {
+            return Err(LedgerError::CurrencyMismatch);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO wallet.transfers (id, kind, debit_account_id, credit_account_id, amount, currency, state, timeout_at) \
+             VALUES ($1, 'payment', $2, $3, $4, $5, 'pending', now() + make_interval(secs => $6)) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(new.id.0)
+        .bind(debit.0)
+        .bind(credit.0)
+        .bind(new.amount)
+        .bind(new.currency.code())
+        .bind(new.timeout.as_secs_f64())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(false);
+        }
+        let held = sqlx::query(
+            "UPDATE wallet.accounts SET pending_debits = pending_debits + $2, updated_at = now() \
+             WHERE id = $1 AND balance - pending_debits >= $2",
+        )
+        .bind(debit.0)
+        .bind(new.amount)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if held == 0 {
+            return Err(LedgerError::InsufficientFunds);
+        }
+        tx.commit().await?;
+        Ok(true)
+    })
+    .await?;
+    let transfer = get_transfer(pool, new.id)
+        .await?
+        .ok_or(LedgerError::Retry)?;
+    if created {
+        return Ok(Outcome::Created(transfer));
+    }
+    if transfer.kind == "tombstone" {
+        return Err(LedgerError::AlreadyVoided);
+    }
+    if new.same_as(&transfer) {
+        Ok(Outcome::Existing(transfer))
+    } else {
+        Err(LedgerError::Conflict)
+    }
+}
+
+/// Posts a pending transfer: the money moves, exactly once. Posting a posted
+/// transfer is a success without a second movement.
+pub async fn post(pool: &PgPool, id: TransferId) -> Result<Transfer, LedgerError> {
+    retrying(|| async {
+        let mut tx = pool.begin().await?;
+        let row: Option<(Uuid, Uuid, i64)> = sqlx::query_as(
+            "UPDATE wallet.transfers SET state = 'posted', resolved_at = now() \
+             WHERE id = $1 AND state = 'pending' RETURNING debit_account_id, credit_account_id, amount",
+        )
+        .bind(id.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match row {
+            Some((debit, credit, amount)) => {
+                move_money(&mut tx, id.0, debit, credit, amount, true).await?;
+                tx.commit().await?;
+            }
+            None => {
+                tx.rollback().await?;
+                let t = get_transfer(pool, id).await?.ok_or(LedgerError::NotFound)?;
+                return match t.state {
+                    TransferState::Posted => Ok(t),
+                    TransferState::Voided => Err(LedgerError::AlreadyVoided),
+                    TransferState::Pending => Err(LedgerError::Retry),
+                };
+            }
+        }
+        get_transfer(pool, id).await?.ok_or(LedgerError::NotFound)
+    })
+    .await
+}
+
+/// Voids a pending transfer, releasing the hold. Voiding an id never seen
+/// records a tombstone so that a late create with that id is refused.
+pub async fn void(pool: &PgPool, id: TransferId) -> Result<Transfer, LedgerError> {
+    retrying(|| async {
+        let mut tx = pool.begin().await?;
+        let row: Option<(Uuid, i64)> = sqlx::query_as(
+            "UPDATE wallet.transfers SET state = 'voided', resolved_at = now() \
+             WHERE id = $1 AND state = 'pending' RETURNING debit_account_id, amount",
+        )
+        .bind(id.0)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((debit, amount)) = row {
+            sqlx::query(
+                "UPDATE wallet.accounts SET pending_debits = pending_debits - $2, updated_at = now() WHERE id = $1",
+            )
+            .bind(debit)
+            .bind(amount)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return get_transfer(pool, id).await?.ok_or(LedgerError::NotFound);
+        }
+        let tombstoned = sqlx::query(
+            "INSERT INTO wallet.transfers (id, kind, state, resolved_at) VALUES ($1, 'tombstone', 'voided', now()) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        let t = get_transfer(pool, id).await?.ok_or(LedgerError::NotFound)?;
+        if tombstoned == 1 {
+            return Ok(t);
+        }
+        match t.state {
+            TransferState::Voided => Ok(t),
+            TransferState::Posted => Err(LedgerError::AlreadyPosted),
+            // Created between our update and insert: void it properly.
+            TransferState::Pending => Err(LedgerError::Retry),
+        }
+    })
+    .await
+}
+
+/// Moves `amount` from `debit` to `credit` with two ledger entries. Accounts
+/// are locked in id order first, the one order every path uses.
+async fn move_money(
+    tx: &mut Transaction<'_, Postgres>,
+    transfer: Uuid,
+    debit: Uuid,
+    credit: Uuid,
+    amount: i64,
+    release_hold: bool,
+) -> Result<(), LedgerError> {
+    sqlx::query("SELECT id FROM wallet.accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(vec![debit, credit])
+        .execute(&mut **tx)
+        .await?;
+    let held = if release_hold { amount } else { 0 };
+    sqlx::query(
+        "UPDATE wallet.accounts SET balance = balance - $2, pending_debits = pending_debits - $3, \
+         updated_at = now() WHERE id = $1",
+    )
+    .bind(debit)
+    .bind(amount)
+    .bind(held)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE wallet.accounts SET balance = balance + $2, updated_at = now() WHERE id = $1",
+    )
+    .bind(credit)
+    .bind(amount)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO wallet.ledger_entries (transfer_id, account_id, amount) VALUES ($1, $2, -$4), ($1, $3, $4)",
+    )
+    .bind(transfer)
+    .bind(debit)
+    .bind(credit)
+    .bind(amount)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,148 @@
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use payflow_common::error::{ApiError, ApiResult, FieldError};
+use payflow_common::extract::{parse_path_id, ApiJson};
+use payflow_common::ids::{TransferId, UserId};
+use payflow_common::money::Currency;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::views::{transfer_json, wallet_json};
+use crate::ledger::{self, NewTransfer, Outcome};
+use crate::state::AppState;
+
+/// Default life of a hold when the caller does not say.
+const DEFAULT_TIMEOUT_SECS: u64 = 60;
+/// Longest hold a caller may ask for (a day).
+const MAX_TIMEOUT_SECS: u64 = 86_400;
+
+fn answer(outcome: Outcome<Value>) -> (StatusCode, Json<Value>) {
+    match outcome {
+        Outcome::Created(v) => (StatusCode::CREATED, Json(v)),
+        Outcome::Existing(v) => (StatusCode::OK, Json(v)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateWallet {
+    user_id: UserId,
+    name: String,
+    currency: Option<Currency>,
+}
+
+/// `POST /internal/wallets`: idempotent on `userId`; credits the sign-up amount once.
+pub async fn create_wallet(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateWallet>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "name",
+            "must be 1-100 characters",
+        )]));
+    }
+    let currency = req.currency.unwrap_or(state.currency);
+    let credit = if currency == state.currency {
+        state.signup_credit
+    } else {
+        0
+    };
+    let outcome = ledger::create_wallet(&state.pool, req.user_id, name, currency, credit).await?;
+    Ok(answer(match outcome {
+        Outcome::Created(w) => Outcome::Created(wallet_json(&w)),
+        Outcome::Existing(w) => Outcome::Existing(wallet_json(&w)),
+    }))
+}
+
+pub async fn get_wallet(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let user: UserId = parse_path_id(&raw, "userId")?;
+    let wallet = ledger::get_wallet(&state.pool, user)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Wallet not found"))?;
+    Ok(Json(wallet_json(&wallet)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateTransfer {
+    id: TransferId,
+    from_user_id: UserId,
+    to_user_id: UserId,
+    /// Minor units.
+    amount: i64,
+    currency: Currency,
+    timeout_seconds: Option<u64>,
+}
+
+/// `POST /internal/transfers`: places the hold of a payment (201), or finds
+/// the identical earlier request (200).
+pub async fn create_transfer(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateTransfer>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let mut details = Vec::new();
+    if req.amount <= 0 {
+        details.push(FieldError::new(
+            "amount",
+            "must be a positive number of minor units",
+        ));
+    }
+    let timeout = req.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    if timeout == 0 || timeout > MAX_TIMEOUT_SECS {
+        details.push(FieldError::new(
+            "timeoutSeconds",
+            format!("must be 1-{MAX_TIMEOUT_SECS}"),
+        ));
+    }
+    if !details.is_empty() {
+        return Err(ApiError::validation(details));
+    }
+    let new = NewTransfer {
+        id: req.id,
+        from: req.from_user_id,
+        to: req.to_user_id,
+        amount: req.amount,
+        currency: req.currency,
+        timeout: Duration::from_secs(timeout),
+    };
+    let outcome = ledger::create_pending(&state.pool, &new).await?;
+    Ok(answer(match outcome {
+        Outcome::Created(t) => Outcome::Created(transfer_json(&t)),
+        Outcome::Existing(t) => Outcome::Existing(transfer_json(&t)),
+    }))
+}
+
+pub async fn get_transfer(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id: TransferId = parse_path_id(&raw, "id")?;
+    let t = ledger::get_transfer(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Transfer not found"))?;
+    Ok(Json(transfer_json(&t)))
+}
+
+pub async fn post_transfer(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id: TransferId = parse_path_id(&raw, "id")?;
+    Ok(Json(transfer_json(&ledger::post(&state.pool, id).await?)))
+}
+
+pub async fn void_transfer(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id: TransferId = parse_path_id(&raw, "id")?;
+    Ok(Json(transfer_json(&ledger::void(&state.pool, id).await?)))
+}
