@@ -140,17 +140,19 @@ port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-# pid_alive PID [COMM-REGEX]: process exists (and its name matches), which
-# guards against acting on a recycled pid from a stale pidfile.
+# pid_alive PID [REGEX]: process exists (and its name or command line
+# matches REGEX), which guards against acting on a recycled pid from a stale
+# pidfile.
 pid_alive() {
     local pid="$1" pattern="${2:-}"
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -n "$pattern" ]]; then
-        local comm
-        comm="$(cat "/proc/$pid/comm" 2>/dev/null || true)"
-        [[ "$comm" =~ $pattern ]] || return 1
-    fi
+    [[ -n "$pattern" ]] || return 0
+    local comm cmdline
+    comm="$(cat "/proc/$pid/comm" 2>/dev/null || true)"
+    [[ "$comm" =~ $pattern ]] && return 0
+    cmdline="$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" || true)"
+    [[ "$cmdline" =~ $pattern ]]
 }
 
 # read_pidfile FILE: print the pid stored in FILE (empty if none).

@@ -28,19 +28,11 @@ pub struct Config {
 
     /// Ed25519 private key (PKCS#8 PEM) that signs access tokens. When absent, a
     /// random key is generated at start: tokens then die with the process.
-    #[arg(
-        long = "jwt-private-key",
-        env = "PAYFLOW_JWT_PRIVATE_KEY",
-        hide_env_values = true
-    )]
+    #[arg(long = "jwt-private-key", env = "PAYFLOW_JWT_PRIVATE_KEY", hide_env_values = true)]
     pub jwt_private_key: Option<String>,
 
     /// Base URL of the wallet service (registration creates the user's wallet there).
-    #[arg(
-        long = "wallet-url",
-        env = "PAYFLOW_WALLET_URL",
-        default_value = "http://127.0.0.1:3001"
-    )]
+    #[arg(long = "wallet-url", env = "PAYFLOW_WALLET_URL", default_value = "http://127.0.0.1:3001")]
     pub wallet_url: String,
 
     /// Lifetime of access tokens, in seconds.
@@ -100,10 +92,7 @@ impl std::fmt::Debug for Config {
             .field("redis_url", &REDACTED)
             .field("service_token", &REDACTED)
             .field("claims", &self.claims)
-            .field(
-                "jwt_private_key",
-                &self.jwt_private_key.as_ref().map(|_| REDACTED),
-            )
+            .field("jwt_private_key", &self.jwt_private_key.as_ref().map(|_| REDACTED))
             .field("wallet_url", &self.wallet_url)
             .field("access_token_ttl_secs", &self.access_token_ttl_secs)
             .field("refresh_token_ttl_secs", &self.refresh_token_ttl_secs)
@@ -117,26 +106,11 @@ impl std::fmt::Debug for Config {
 impl Config {
     /// Values clap cannot check on its own (and that tests may set directly).
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.access_token_ttl_secs >= 1,
-            "access token TTL must be at least 1 s"
-        );
-        anyhow::ensure!(
-            self.refresh_token_ttl_secs >= 1,
-            "refresh token TTL must be at least 1 s"
-        );
-        anyhow::ensure!(
-            self.login_max_failures >= 1,
-            "login max failures must be at least 1"
-        );
-        anyhow::ensure!(
-            self.login_lockout_secs >= 1,
-            "login lockout must be at least 1 s"
-        );
-        anyhow::ensure!(
-            self.hash_concurrency >= 1,
-            "hash concurrency must be at least 1"
-        );
+        anyhow::ensure!(self.access_token_ttl_secs >= 1, "access token TTL must be at least 1 s");
+        anyhow::ensure!(self.refresh_token_ttl_secs >= 1, "refresh token TTL must be at least 1 s");
+        anyhow::ensure!(self.login_max_failures >= 1, "login max failures must be at least 1");
+        anyhow::ensure!(self.login_lockout_secs >= 1, "login lockout must be at least 1 s");
+        anyhow::ensure!(self.hash_concurrency >= 1, "hash concurrency must be at least 1");
         // Bounds keep the conversions to i64 seconds and Postgres intervals exact.
         const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
         for (name, v) in [
@@ -148,11 +122,7 @@ impl Config {
         }
         let url = reqwest::Url::parse(&self.wallet_url)
             .map_err(|e| anyhow::anyhow!("invalid wallet URL {:?}: {e}", self.wallet_url))?;
-        anyhow::ensure!(
-            matches!(url.scheme(), "http" | "https"),
-            "wallet URL must be http(s): {:?}",
-            self.wallet_url
-        );
+        anyhow::ensure!(matches!(url.scheme(), "http" | "https"), "wallet URL must be http(s): {:?}", self.wallet_url);
         Ok(())
     }
 }
@@ -184,9 +154,7 @@ mod tests {
 
     #[test]
     fn debug_hides_secrets() {
-        let mut cfg = Cli::try_parse_from(["payflow", "--service-token", "0123456789abcdef"])
-            .unwrap()
-            .auth;
+        let mut cfg = Cli::try_parse_from(["payflow", "--service-token", "0123456789abcdef"]).unwrap().auth;
         cfg.jwt_private_key = Some("-----BEGIN PRIVATE KEY-----secret".into());
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("0123456789abcdef"), "{shown}");
@@ -197,13 +165,7 @@ mod tests {
 
     #[test]
     fn zero_values_are_refused() {
-        let res = Cli::try_parse_from([
-            "payflow",
-            "--service-token",
-            "0123456789abcdef",
-            "--hash-concurrency",
-            "0",
-        ]);
+        let res = Cli::try_parse_from(["payflow", "--service-token", "0123456789abcdef", "--hash-concurrency", "0"]);
         assert!(res.is_err());
     }
 }

@@ -17,18 +17,8 @@ pub const NAME_MAX_CHARS: usize = 100;
 
 /// Fields a client must never set at registration: accepting them silently
 /// would let an old or malicious client believe it chose its role or id.
-pub const FORBIDDEN_REGISTRATION_FIELDS: &[&str] = &[
-    "role",
-    "id",
-    "userId",
-    "user_id",
-    "balance",
-    "isAdmin",
-    "is_admin",
-    "admin",
-    "permissions",
-    "status",
-];
+pub const FORBIDDEN_REGISTRATION_FIELDS: &[&str] =
+    &["role", "id", "userId", "user_id", "balance", "isAdmin", "is_admin", "admin", "permissions", "status"];
 
 /// An email address, trimmed and lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -75,9 +65,7 @@ fn valid_local_part(local: &str) -> bool {
         && !local.starts_with('.')
         && !local.ends_with('.')
         && !local.contains("..")
-        && local
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || SPECIALS.contains(c))
+        && local.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || SPECIALS.contains(c))
 }
 
 /// A DNS host name with at least two labels and an alphabetic top-level label.
@@ -91,9 +79,7 @@ fn valid_domain(domain: &str) -> bool {
                 && !l.ends_with('-')
                 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
-        && labels
-            .last()
-            .is_some_and(|tld| tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()))
+        && labels.last().is_some_and(|tld| tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()))
 }
 
 /// A password that meets the registration rules. Never printed.
@@ -155,9 +141,7 @@ impl UserName {
         let name = raw.trim();
         let len = name.chars().count();
         if !(NAME_MIN_CHARS..=NAME_MAX_CHARS).contains(&len) {
-            return Err(format!(
-                "must be between {NAME_MIN_CHARS} and {NAME_MAX_CHARS} characters"
-            ));
+            return Err(format!("must be between {NAME_MIN_CHARS} and {NAME_MAX_CHARS} characters"));
         }
         if name.chars().any(char::is_control) {
             return Err("must not contain control characters".into());
@@ -211,23 +195,17 @@ impl Registration {
     /// are refused; other unknown fields are ignored (old clients send extras).
     pub fn from_json(body: &Map<String, Value>) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let email = field(body, "email", &mut errors)
-            .and_then(|s| check("email", Email::parse(s), &mut errors));
-        let password = field(body, "password", &mut errors)
-            .and_then(|s| check("password", Password::parse(s), &mut errors));
-        let name = field(body, "name", &mut errors)
-            .and_then(|s| check("name", UserName::parse(s), &mut errors));
+        let email = field(body, "email", &mut errors).and_then(|s| check("email", Email::parse(s), &mut errors));
+        let password =
+            field(body, "password", &mut errors).and_then(|s| check("password", Password::parse(s), &mut errors));
+        let name = field(body, "name", &mut errors).and_then(|s| check("name", UserName::parse(s), &mut errors));
         for key in FORBIDDEN_REGISTRATION_FIELDS {
             if body.contains_key(*key) {
                 errors.push(FieldError::new(*key, "must not be set by the client"));
             }
         }
         match (email, password, name) {
-            (Some(email), Some(password), Some(name)) if errors.is_empty() => Ok(Self {
-                email,
-                password,
-                name,
-            }),
+            (Some(email), Some(password), Some(name)) if errors.is_empty() => Ok(Self { email, password, name }),
             _ => Err(errors),
         }
     }
@@ -263,11 +241,7 @@ impl LoginRequest {
 }
 
 /// A required, non-empty string field; records a detail otherwise.
-pub fn field<'a>(
-    body: &'a Map<String, Value>,
-    name: &str,
-    errors: &mut Vec<FieldError>,
-) -> Option<&'a str> {
+pub fn field<'a>(body: &'a Map<String, Value>, name: &str, errors: &mut Vec<FieldError>) -> Option<&'a str> {
     match body.get(name) {
         None | Some(Value::Null) => {
             errors.push(FieldError::new(name, "is required"));
@@ -286,9 +260,7 @@ pub fn field<'a>(
 }
 
 fn check<T>(name: &str, parsed: Result<T, String>, errors: &mut Vec<FieldError>) -> Option<T> {
-    parsed
-        .map_err(|msg| errors.push(FieldError::new(name, msg)))
-        .ok()
+    parsed.map_err(|msg| errors.push(FieldError::new(name, msg))).ok()
 }
 
 #[cfg(test)]
@@ -305,14 +277,8 @@ mod tests {
 
     #[test]
     fn email_is_normalised() {
-        assert_eq!(
-            Email::parse("  Alice.Smith@Example.COM ").unwrap().as_str(),
-            "alice.smith@example.com"
-        );
-        assert_eq!(
-            Email::parse("a+tag@sub.example.io").unwrap().as_str(),
-            "a+tag@sub.example.io"
-        );
+        assert_eq!(Email::parse("  Alice.Smith@Example.COM ").unwrap().as_str(), "alice.smith@example.com");
+        assert_eq!(Email::parse("a+tag@sub.example.io").unwrap().as_str(), "a+tag@sub.example.io");
     }
 
     #[test]
@@ -348,41 +314,20 @@ mod tests {
         let local = "a".repeat(64);
         assert!(Email::parse(&format!("{local}@example.com")).is_ok());
         assert!(Email::parse(&format!("{local}a@example.com")).is_err());
-        let domain = format!(
-            "{}.{}.{}.{}.com",
-            "b".repeat(63),
-            "c".repeat(63),
-            "d".repeat(63),
-            "e".repeat(60)
-        );
+        let domain = format!("{}.{}.{}.{}.com", "b".repeat(63), "c".repeat(63), "d".repeat(63), "e".repeat(60));
         let long = format!("a@{domain}");
         assert!(long.len() > EMAIL_MAX_CHARS);
-        assert_eq!(
-            Email::parse(&long).unwrap_err(),
-            "must be at most 254 characters"
-        );
+        assert_eq!(Email::parse(&long).unwrap_err(), "must be at most 254 characters");
     }
 
     #[test]
     fn password_rules() {
         assert!(Password::parse("Passw0rd").is_ok());
         assert!(Password::parse("Pässwörd1").is_ok());
-        assert_eq!(
-            Password::parse("Pa1").unwrap_err(),
-            "must be at least 8 characters"
-        );
-        assert_eq!(
-            Password::parse("password1").unwrap_err(),
-            "must contain an upper-case letter"
-        );
-        assert_eq!(
-            Password::parse("PASSWORD1").unwrap_err(),
-            "must contain a lower-case letter"
-        );
-        assert_eq!(
-            Password::parse("Password").unwrap_err(),
-            "must contain a digit"
-        );
+        assert_eq!(Password::parse("Pa1").unwrap_err(), "must be at least 8 characters");
+        assert_eq!(Password::parse("password1").unwrap_err(), "must contain an upper-case letter");
+        assert_eq!(Password::parse("PASSWORD1").unwrap_err(), "must contain a lower-case letter");
+        assert_eq!(Password::parse("Password").unwrap_err(), "must contain a digit");
         assert_eq!(
             Password::parse("12345678").unwrap_err(),
             "must contain a lower-case letter and an upper-case letter"
@@ -424,9 +369,7 @@ mod tests {
 
     #[test]
     fn registration_reports_every_failing_field() {
-        let err =
-            Registration::from_json(&obj(json!({"email":"nope","password":"short","name":"A"})))
-                .unwrap_err();
+        let err = Registration::from_json(&obj(json!({"email":"nope","password":"short","name":"A"}))).unwrap_err();
         let paths: Vec<_> = err.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["email", "password", "name"]);
 
@@ -434,8 +377,7 @@ mod tests {
         assert_eq!(err.len(), 3);
         assert!(err.iter().all(|e| e.msg == "is required"));
 
-        let err = Registration::from_json(&obj(json!({"email":1,"password":null,"name":["x"]})))
-            .unwrap_err();
+        let err = Registration::from_json(&obj(json!({"email":1,"password":null,"name":["x"]}))).unwrap_err();
         assert_eq!(err[0].msg, "must be a string");
         assert_eq!(err[1].msg, "is required");
         assert_eq!(err[2].msg, "must be a string");
@@ -448,7 +390,8 @@ mod tests {
         assert_eq!(reg.email.as_str(), "a@b.co");
         assert_eq!(reg.name.as_str(), "Ann");
 
-        let bad = json!({"email":"a@b.co","password":"Passw0rd!","name":"Ann","role":"admin","balance":1e6,"isAdmin":false});
+        let bad =
+            json!({"email":"a@b.co","password":"Passw0rd!","name":"Ann","role":"admin","balance":1e6,"isAdmin":false});
         let err = Registration::from_json(&obj(bad)).unwrap_err();
         let paths: Vec<_> = err.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["role", "balance", "isAdmin"]);
@@ -456,18 +399,15 @@ mod tests {
 
     #[test]
     fn login_normalises_the_email_only() {
-        let req =
-            LoginRequest::from_json(&obj(json!({"email":" A@B.co ","password":" pw "}))).unwrap();
+        let req = LoginRequest::from_json(&obj(json!({"email":" A@B.co ","password":" pw "}))).unwrap();
         assert_eq!(req.email, "a@b.co");
         assert_eq!(req.password, " pw ");
         assert!(req.email_is_plausible());
         let err = LoginRequest::from_json(&obj(json!({"email":"a@b.co"}))).unwrap_err();
         assert_eq!(err, vec![FieldError::new("password", "is required")]);
-        let long =
-            LoginRequest::from_json(&obj(json!({"email":"a".repeat(255),"password":"x"}))).unwrap();
+        let long = LoginRequest::from_json(&obj(json!({"email":"a".repeat(255),"password":"x"}))).unwrap();
         assert!(!long.email_is_plausible());
-        let ctl =
-            LoginRequest::from_json(&obj(json!({"email":"a\u{0}@b.co","password":"x"}))).unwrap();
+        let ctl = LoginRequest::from_json(&obj(json!({"email":"a\u{0}@b.co","password":"x"}))).unwrap();
         assert!(!ctl.email_is_plausible());
     }
 }

@@ -30,10 +30,7 @@ pub struct AuthUser {
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers).ok_or_else(ApiError::authentication_required)?;
         let claims = state.verifier.verify(token).await.map_err(|e| {
             tracing::debug!(error = %e, "access token refused");
@@ -52,11 +49,7 @@ impl FromRequestParts<AppState> for AuthUser {
         if !sessions::access_token_active(&state.pool, jti, claims.sub).await? {
             return Err(ApiError::invalid_token());
         }
-        Ok(Self {
-            user_id: claims.sub,
-            jti,
-            exp: claims.exp,
-        })
+        Ok(Self { user_id: claims.sub, jti, exp: claims.exp })
     }
 }
 
@@ -66,8 +59,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' '))
-        .then_some(token)
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' ')).then_some(token)
 }
 
 /// The client's address for the audit log: the first `X-Forwarded-For`
@@ -87,9 +79,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let PeerAddr(peer) = PeerAddr::from_request_parts(parts, state).await?;
-        Ok(ClientIp(
-            client_ip(&parts.headers, peer).map(|ip| ip.to_string()),
-        ))
+        Ok(ClientIp(client_ip(&parts.headers, peer).map(|ip| ip.to_string())))
     }
 }
 
@@ -99,12 +89,7 @@ fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<IpAddr> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
         .map(str::trim)
-        .and_then(|first| {
-            first
-                .parse::<IpAddr>()
-                .ok()
-                .or_else(|| first.parse::<SocketAddr>().ok().map(|s| s.ip()))
-        });
+        .and_then(|first| first.parse::<IpAddr>().ok().or_else(|| first.parse::<SocketAddr>().ok().map(|s| s.ip())));
     forwarded.or(peer.map(|p| p.ip()))
 }
 
@@ -120,9 +105,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Correlation {
             .extensions
             .get::<CorrelationId>()
             .cloned()
-            .unwrap_or_else(|| {
-                CorrelationId::from_header(parts.headers.get(&payflow_common::correlation::HEADER))
-            });
+            .unwrap_or_else(|| CorrelationId::from_header(parts.headers.get(&payflow_common::correlation::HEADER)));
         Ok(Correlation(id.0))
     }
 }
@@ -162,28 +145,13 @@ mod tests {
 
     #[test]
     fn bearer_token_parsing() {
-        assert_eq!(
-            bearer_token(&headers(&[("authorization", "Bearer abc.def")])),
-            Some("abc.def")
-        );
-        assert_eq!(
-            bearer_token(&headers(&[("authorization", "bearer  abc")])),
-            Some("abc")
-        );
+        assert_eq!(bearer_token(&headers(&[("authorization", "Bearer abc.def")])), Some("abc.def"));
+        assert_eq!(bearer_token(&headers(&[("authorization", "bearer  abc")])), Some("abc"));
         assert_eq!(bearer_token(&headers(&[])), None);
         assert_eq!(bearer_token(&headers(&[("authorization", "Bearer")])), None);
-        assert_eq!(
-            bearer_token(&headers(&[("authorization", "Bearer ")])),
-            None
-        );
-        assert_eq!(
-            bearer_token(&headers(&[("authorization", "Basic abc")])),
-            None
-        );
-        assert_eq!(
-            bearer_token(&headers(&[("authorization", "Bearer a b")])),
-            None
-        );
+        assert_eq!(bearer_token(&headers(&[("authorization", "Bearer ")])), None);
+        assert_eq!(bearer_token(&headers(&[("authorization", "Basic abc")])), None);
+        assert_eq!(bearer_token(&headers(&[("authorization", "Bearer a b")])), None);
         assert_eq!(bearer_token(&headers(&[("authorization", "abc")])), None);
     }
 
@@ -191,15 +159,9 @@ mod tests {
     fn client_ip_prefers_the_first_forwarded_entry() {
         let peer: SocketAddr = "10.0.0.1:5555".parse().unwrap();
         let h = headers(&[("x-forwarded-for", "203.0.113.7, 10.0.0.2")]);
-        assert_eq!(
-            client_ip(&h, Some(peer)),
-            Some("203.0.113.7".parse().unwrap())
-        );
+        assert_eq!(client_ip(&h, Some(peer)), Some("203.0.113.7".parse().unwrap()));
         let h = headers(&[("x-forwarded-for", "2001:db8::1")]);
-        assert_eq!(
-            client_ip(&h, Some(peer)),
-            Some("2001:db8::1".parse().unwrap())
-        );
+        assert_eq!(client_ip(&h, Some(peer)), Some("2001:db8::1".parse().unwrap()));
         let h = headers(&[("x-forwarded-for", "203.0.113.7:443")]);
         assert_eq!(client_ip(&h, None), Some("203.0.113.7".parse().unwrap()));
     }

@@ -28,10 +28,7 @@ impl PasswordHasher {
             hash_blocking(&secret)
         })
         .await??;
-        Ok(Self {
-            permits: Arc::new(Semaphore::new(concurrency)),
-            dummy_hash: dummy_hash.into(),
-        })
+        Ok(Self { permits: Arc::new(Semaphore::new(concurrency)), dummy_hash: dummy_hash.into() })
     }
 
     pub async fn hash(&self, password: &Password) -> anyhow::Result<String> {
@@ -43,23 +40,16 @@ impl PasswordHasher {
     /// verifies against the dummy hash and answers false.
     pub async fn verify(&self, password: &str, hash: Option<&str>) -> anyhow::Result<bool> {
         let known = hash.is_some();
-        let hash = hash
-            .map(str::to_string)
-            .unwrap_or_else(|| self.dummy_hash.to_string());
+        let hash = hash.map(str::to_string).unwrap_or_else(|| self.dummy_hash.to_string());
         let password = password.to_string();
-        let matched = self
-            .run(move || verify_blocking(password.as_bytes(), &hash))
-            .await??;
+        let matched = self.run(move || verify_blocking(password.as_bytes(), &hash)).await??;
         Ok(known && matched)
     }
 
     /// Runs `job` on the blocking pool once a permit is free. The permit moves
     /// into the job, so it is held until the hash finishes even if the request
     /// that asked for it has been dropped (timeout, disconnect).
-    async fn run<T: Send + 'static>(
-        &self,
-        job: impl FnOnce() -> T + Send + 'static,
-    ) -> anyhow::Result<T> {
+    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
         let permit = self.permits.clone().acquire_owned().await?;
         let out = tokio::task::spawn_blocking(move || {
             let out = job();
@@ -80,8 +70,7 @@ fn hash_blocking(password: &[u8]) -> anyhow::Result<String> {
 }
 
 fn verify_blocking(password: &[u8], hash: &str) -> anyhow::Result<bool> {
-    let parsed = PasswordHash::new(hash)
-        .map_err(|e| anyhow::anyhow!("stored password hash is unreadable: {e}"))?;
+    let parsed = PasswordHash::new(hash).map_err(|e| anyhow::anyhow!("stored password hash is unreadable: {e}"))?;
     match Argon2::default().verify_password(password, &parsed) {
         Ok(()) => Ok(true),
         Err(argon2::password_hash::Error::Password) => Ok(false),

@@ -54,8 +54,7 @@ impl AppState {
         let metrics = Metrics::new(SERVICE_NAME);
         let auth_metrics = AuthMetrics::register(&metrics)?;
         let hasher = PasswordHasher::new(cfg.hash_concurrency).await?;
-        let wallet =
-            WalletClient::new(WalletClient::http_client()?, &cfg.wallet_url, service_token);
+        let wallet = WalletClient::new(WalletClient::http_client()?, &cfg.wallet_url, service_token);
         tracing::info!(kid = signer.kid(), "auth signing key ready");
         Ok(Self {
             pool,

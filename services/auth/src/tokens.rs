@@ -102,10 +102,7 @@ mod tests {
         let a = RefreshToken::generate();
         let b = RefreshToken::generate();
         assert_eq!(a.as_str().len(), 43);
-        assert!(a
-            .as_str()
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(a.as_str().bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
         assert_ne!(a, b);
         assert_ne!(a.hash(), b.hash());
     }
@@ -129,29 +126,15 @@ mod tests {
         assert_eq!(hash_presented(""), None);
         assert_eq!(hash_presented(&t.as_str()[..42]), None);
         assert_eq!(hash_presented(&format!("{}A", t.as_str())), None);
-        assert_eq!(
-            hash_presented(&format!("{}=", t.as_str())),
-            None,
-            "padding is not ours"
-        );
-        assert_eq!(
-            hash_presented(&t.as_str().replace(|_| true, "+")),
-            None,
-            "standard alphabet"
-        );
+        assert_eq!(hash_presented(&format!("{}=", t.as_str())), None, "padding is not ours");
+        assert_eq!(hash_presented(&t.as_str().replace(|_| true, "+")), None, "standard alphabet");
         // An access token (a JWT) is never a refresh token.
-        assert_eq!(
-            hash_presented("eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln"),
-            None
-        );
+        assert_eq!(hash_presented("eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln"), None);
     }
 
     #[test]
     fn debug_hides_the_token() {
-        assert_eq!(
-            format!("{:?}", RefreshToken::generate()),
-            "RefreshToken(***)"
-        );
+        assert_eq!(format!("{:?}", RefreshToken::generate()), "RefreshToken(***)");
     }
 
     #[test]
@@ -159,23 +142,12 @@ mod tests {
         let user = UserId::new();
         let jti = Uuid::new_v4();
         let email = Email::parse("a@b.co").unwrap();
-        let c = access_claims(
-            user,
-            &email,
-            Role::User,
-            jti,
-            &JwtClaimArgs::default(),
-            1_000,
-            900,
-        );
+        let c = access_claims(user, &email, Role::User, jti, &JwtClaimArgs::default(), 1_000, 900);
         assert_eq!(c.sub, user);
         assert_eq!((c.iat, c.nbf, c.exp), (1_000, 1_000, 1_900));
         assert_eq!(c.typ, "access");
         assert_eq!(c.role, "user");
         assert_eq!(c.jti, jti.to_string());
-        assert_eq!(
-            (c.iss.as_str(), c.aud.as_str()),
-            ("payflow-auth", "payflow-api")
-        );
+        assert_eq!((c.iss.as_str(), c.aud.as_str()), ("payflow-auth", "payflow-api"));
     }
 }

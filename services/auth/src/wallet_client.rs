@@ -40,19 +40,12 @@ pub enum WalletError {
 impl WalletClient {
     pub fn new(http: reqwest::Client, base_url: &str, token: ServiceToken) -> Self {
         let endpoint = format!("{}/internal/wallets", base_url.trim_end_matches('/'));
-        Self {
-            http,
-            endpoint,
-            token,
-        }
+        Self { http, endpoint, token }
     }
 
     /// A client with the timeouts this service uses for wallet.
     pub fn http_client() -> anyhow::Result<reqwest::Client> {
-        Ok(reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(ATTEMPT_TIMEOUT)
-            .build()?)
+        Ok(reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).timeout(ATTEMPT_TIMEOUT).build()?)
     }
 
     /// Creates (or confirms) the wallet of `user_id`. Transport errors and
@@ -63,10 +56,7 @@ impl WalletClient {
         name: &UserName,
         correlation_id: &str,
     ) -> Result<(), WalletError> {
-        let body = CreateWallet {
-            user_id,
-            name: name.as_str(),
-        };
+        let body = CreateWallet { user_id, name: name.as_str() };
         let mut attempt = 1;
         loop {
             let res = self
@@ -78,17 +68,13 @@ impl WalletClient {
                 .send()
                 .await;
             let err = match res {
-                Ok(r) if r.status() == StatusCode::CREATED || r.status() == StatusCode::OK => {
-                    return Ok(())
-                }
+                Ok(r) if r.status() == StatusCode::CREATED || r.status() == StatusCode::OK => return Ok(()),
                 Ok(r) => WalletError::Status(r.status()),
                 Err(e) => WalletError::Transport(e),
             };
             let retryable = match &err {
                 WalletError::Transport(_) => true,
-                WalletError::Status(s) => {
-                    s.is_server_error() || *s == StatusCode::TOO_MANY_REQUESTS
-                }
+                WalletError::Status(s) => s.is_server_error() || *s == StatusCode::TOO_MANY_REQUESTS,
             };
             if !retryable || attempt >= ATTEMPTS {
                 return Err(err);

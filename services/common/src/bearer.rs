@@ -30,16 +30,9 @@ impl AuthUser {
 
 /// The token text of an `Authorization: Bearer` header, if well-formed.
 pub fn bearer_token(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts
-        .headers
-        .get(AUTHORIZATION)
-        .ok_or_else(ApiError::authentication_required)?;
-    let value = value
-        .to_str()
-        .map_err(|_| ApiError::authentication_required())?;
-    let (scheme, token) = value
-        .split_once(' ')
-        .ok_or_else(ApiError::authentication_required)?;
+    let value = parts.headers.get(AUTHORIZATION).ok_or_else(ApiError::authentication_required)?;
+    let value = value.to_str().map_err(|_| ApiError::authentication_required())?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(ApiError::authentication_required)?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(ApiError::authentication_required());
     }
@@ -67,9 +60,7 @@ where
             }
             Err(TokenError::KeysUnavailable(reason)) => {
                 tracing::warn!(%reason, "cannot verify tokens: signing keys unavailable");
-                Err(ApiError::unavailable(
-                    "Authentication temporarily unavailable",
-                ))
+                Err(ApiError::unavailable("Authentication temporarily unavailable"))
             }
         }
     }

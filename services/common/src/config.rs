@@ -21,7 +21,7 @@ impl ListenArgs {
 }
 
 /// Postgres connection settings.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct DbArgs {
     /// Postgres connection URL (one database; each service owns a schema in it).
     #[arg(
@@ -32,16 +32,12 @@ pub struct DbArgs {
     )]
     pub database_url: String,
     /// Maximum connections in this service's pool.
-    #[arg(
-        long = "db-max-connections",
-        env = "PAYFLOW_DB_MAX_CONNECTIONS",
-        default_value_t = 20
-    )]
+    #[arg(long = "db-max-connections", env = "PAYFLOW_DB_MAX_CONNECTIONS", default_value_t = 20)]
     pub max_connections: u32,
 }
 
 /// Redis connection settings.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct RedisArgs {
     /// Redis URL, used for rate limits, the idempotency fast path and revoked tokens.
     #[arg(
@@ -54,14 +50,10 @@ pub struct RedisArgs {
 }
 
 /// The shared secret that internal (service-to-service) endpoints require.
-#[derive(Debug, Clone, Args)]
+#[derive(Clone, Args)]
 pub struct ServiceTokenArgs {
     /// Credential for internal endpoints (wallet creation, transfers). Never routed by the gateway.
-    #[arg(
-        long = "service-token",
-        env = "PAYFLOW_SERVICE_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long = "service-token", env = "PAYFLOW_SERVICE_TOKEN", hide_env_values = true)]
     pub service_token: String,
 }
 
@@ -69,11 +61,7 @@ pub struct ServiceTokenArgs {
 #[derive(Debug, Clone, Args)]
 pub struct JwtVerifyArgs {
     /// Where auth publishes its public keys.
-    #[arg(
-        long = "jwks-url",
-        env = "PAYFLOW_JWKS_URL",
-        default_value = "http://127.0.0.1:3004/.well-known/jwks.json"
-    )]
+    #[arg(long = "jwks-url", env = "PAYFLOW_JWKS_URL", default_value = "http://127.0.0.1:3004/.well-known/jwks.json")]
     pub jwks_url: String,
     #[command(flatten)]
     pub claims: JwtClaimArgs,
@@ -83,26 +71,57 @@ pub struct JwtVerifyArgs {
 #[derive(Debug, Clone, Args)]
 pub struct JwtClaimArgs {
     /// Issuer (`iss`) of access tokens.
-    #[arg(
-        long = "jwt-issuer",
-        env = "PAYFLOW_JWT_ISSUER",
-        default_value = "payflow-auth"
-    )]
+    #[arg(long = "jwt-issuer", env = "PAYFLOW_JWT_ISSUER", default_value = "payflow-auth")]
     pub issuer: String,
     /// Audience (`aud`) of access tokens.
-    #[arg(
-        long = "jwt-audience",
-        env = "PAYFLOW_JWT_AUDIENCE",
-        default_value = "payflow-api"
-    )]
+    #[arg(long = "jwt-audience", env = "PAYFLOW_JWT_AUDIENCE", default_value = "payflow-api")]
     pub audience: String,
 }
 
 impl Default for JwtClaimArgs {
     fn default() -> Self {
-        Self {
-            issuer: "payflow-auth".into(),
-            audience: "payflow-api".into(),
+        Self { issuer: "payflow-auth".into(), audience: "payflow-api".into() }
+    }
+}
+
+/// Connection URLs carry passwords: show only scheme, host and port.
+fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            let host = host.split(['/', '?']).next().unwrap_or("");
+            format!("{scheme}://***@{host}")
         }
+        None => "***".into(),
+    }
+}
+
+impl std::fmt::Debug for DbArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbArgs")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RedisArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisArgs").field("redis_url", &redact_url(&self.redis_url)).finish()
+    }
+}
+
+impl std::fmt::Debug for ServiceTokenArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceTokenArgs").field("service_token", &"***").finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(super::redact_url("postgres://u:secret@db:5432/payflow"), "postgres://***@db:5432");
+        assert_eq!(super::redact_url("redis://127.0.0.1:6379"), "redis://***@127.0.0.1:6379");
     }
 }

@@ -41,13 +41,7 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let mut res = next.run(req).instrument(span.clone()).await;
     let status = res.status().as_u16();
-    span.in_scope(|| {
-        tracing::info!(
-            status,
-            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "request finished"
-        )
-    });
+    span.in_scope(|| tracing::info!(status, latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request finished"));
     if let Ok(v) = HeaderValue::from_str(&id.0) {
         res.headers_mut().insert(HEADER, v);
     }

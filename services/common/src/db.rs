@@ -35,34 +35,22 @@ pub fn connect_lazy(args: &DbArgs) -> anyhow::Result<PgPool> {
 /// Runs `migrator` inside `schema`. Safe to run concurrently from many
 /// processes: a session advisory lock serialises schema creation and sqlx
 /// takes its own lock for the migrations.
-pub async fn migrate_schema(
-    pool: &PgPool,
-    schema: &str,
-    migrator: &Migrator,
-) -> anyhow::Result<()> {
+pub async fn migrate_schema(pool: &PgPool, schema: &str, migrator: &Migrator) -> anyhow::Result<()> {
     anyhow::ensure!(
         !schema.is_empty() && schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
         "invalid schema name {schema:?}"
     );
     let mut conn = pool.acquire().await?.detach();
     // Any fixed key works; it only has to be the same in every process.
-    sqlx::query("SELECT pg_advisory_lock(7245337)")
-        .execute(&mut conn)
-        .await?;
+    sqlx::query("SELECT pg_advisory_lock(7245337)").execute(&mut conn).await?;
     let result = async {
-        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-            .execute(&mut conn)
-            .await?;
-        sqlx::query(&format!("SET search_path TO {schema}"))
-            .execute(&mut conn)
-            .await?;
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&mut conn).await?;
+        sqlx::query(&format!("SET search_path TO {schema}")).execute(&mut conn).await?;
         migrator.run(&mut conn).await?;
         anyhow::Ok(())
     }
     .await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock(7245337)")
-        .execute(&mut conn)
-        .await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock(7245337)").execute(&mut conn).await;
     let _ = conn.close().await;
     result
 }

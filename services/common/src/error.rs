@@ -14,10 +14,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(path: impl Into<String>, msg: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            msg: msg.into(),
-        }
+        Self { path: path.into(), msg: msg.into() }
     }
 }
 
@@ -43,59 +40,27 @@ struct Body<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            code,
-            details: Vec::new(),
-            retry_after: None,
-        }
+        Self { status, message: message.into(), code, details: Vec::new(), retry_after: None }
     }
 
     pub fn validation(details: Vec<FieldError>) -> Self {
-        Self {
-            details,
-            ..Self::new(
-                StatusCode::BAD_REQUEST,
-                "validation_failed",
-                "Validation failed",
-            )
-        }
+        Self { details, ..Self::new(StatusCode::BAD_REQUEST, "validation_failed", "Validation failed") }
     }
 
-    pub fn bad_request(
-        code: &'static str,
-        message: impl Into<String>,
-        details: Vec<FieldError>,
-    ) -> Self {
-        Self {
-            details,
-            ..Self::new(StatusCode::BAD_REQUEST, code, message)
-        }
+    pub fn bad_request(code: &'static str, message: impl Into<String>, details: Vec<FieldError>) -> Self {
+        Self { details, ..Self::new(StatusCode::BAD_REQUEST, code, message) }
     }
 
     pub fn authentication_required() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "authentication_required",
-            "Authentication required",
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "authentication_required", "Authentication required")
     }
 
     pub fn invalid_token() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_token",
-            "Invalid or expired token",
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_token", "Invalid or expired token")
     }
 
     pub fn forbidden() -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "Access denied - you can only access your own resources",
-        )
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Access denied - you can only access your own resources")
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -122,11 +87,7 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
-            message,
-        )
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", message)
     }
 
     /// The same error with another machine-readable code.
@@ -143,11 +104,7 @@ impl ApiError {
     /// Logs the cause and answers a generic 500.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "Internal server error",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal server error")
     }
 }
 
@@ -161,26 +118,13 @@ impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
-            error: &self.message,
-            code: self.code,
-            details: &self.details,
-            retry_after: self.retry_after,
-        };
-        let json = serde_json::to_vec(&body)
-            .unwrap_or_else(|_| b"{\"error\":\"Internal server error\"}".to_vec());
-        let mut res = (
-            self.status,
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            json,
-        )
-            .into_response();
+        let body =
+            Body { error: &self.message, code: self.code, details: &self.details, retry_after: self.retry_after };
+        let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":\"Internal server error\"}".to_vec());
+        let mut res =
+            (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response();
         if let Some(secs) = self.retry_after {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }

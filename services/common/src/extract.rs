@@ -30,19 +30,14 @@ where
 
 /// Reads a whole body, enforcing [`MAX_BODY_BYTES`].
 pub async fn read_body(req: Request) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
-        .await
-        .map_err(|_| body_too_large())
+    axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await.map_err(|_| body_too_large())
 }
 
 pub fn body_too_large() -> ApiError {
     ApiError::bad_request(
         "payload_too_large",
         "Request body too large",
-        vec![FieldError::new(
-            "body",
-            format!("must be at most {MAX_BODY_BYTES} bytes"),
-        )],
+        vec![FieldError::new("body", format!("must be at most {MAX_BODY_BYTES} bytes"))],
     )
 }
 
@@ -60,21 +55,16 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
-            ApiError::bad_request(
-                "malformed_json",
-                "Malformed JSON",
-                vec![FieldError::new("body", inner.to_string())],
-            )
+            ApiError::bad_request("malformed_json", "Malformed JSON", vec![FieldError::new("body", inner.to_string())])
         } else {
-            let path = if path == "." {
-                "body".to_string()
-            } else {
-                path
-            };
-            ApiError::validation(vec![FieldError::new(
-                path,
-                strip_position(&inner.to_string()),
-            )])
+            let msg = strip_position(&inner.to_string());
+            // serde reports a missing field at its parent; name the field itself.
+            if let Some(field) = msg.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
+                let full = if path == "." { field.to_string() } else { format!("{path}.{field}") };
+                return ApiError::validation(vec![FieldError::new(full, "is required")]);
+            }
+            let path = if path == "." { "body".to_string() } else { path };
+            ApiError::validation(vec![FieldError::new(path, msg)])
         }
     })
 }
@@ -95,19 +85,13 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(PeerAddr(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0),
-        ))
+        Ok(PeerAddr(parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0)))
     }
 }
 
 /// Parses an id from a path segment; a malformed one is a 400 naming the parameter.
 pub fn parse_path_id<T: std::str::FromStr>(raw: &str, name: &str) -> Result<T, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::validation(vec![FieldError::new(name, "must be a UUID")]))
+    raw.parse().map_err(|_| ApiError::validation(vec![FieldError::new(name, "must be a UUID")]))
 }
 
 #[cfg(test)]
@@ -139,6 +123,6 @@ mod tests {
     fn missing_field_is_a_validation_error() {
         let err = parse_json::<Req>(br#"{"email":"a@b.c"}"#).unwrap_err();
         assert_eq!(err.code, "validation_failed");
-        assert!(err.details[0].msg.contains("age"));
+        assert_eq!(err.details[0], FieldError::new("age", "is required"));
     }
 }

@@ -58,9 +58,7 @@ pub fn routes(service: &'static str, readiness: Readiness, metrics: Metrics) -> 
         .route("/health", get(health))
         .route("/api/health", get(health))
         .with_state(HealthState { service, readiness });
-    let scrape = Router::new()
-        .route("/metrics", get(metrics::handler))
-        .with_state(metrics);
+    let scrape = Router::new().route("/metrics", get(metrics::handler)).with_state(metrics);
     health.merge(scrape)
 }
 
@@ -69,11 +67,7 @@ async fn readyz(State(s): State<HealthState>) -> Response {
         Ok(()) => Json(json!({"status":"ready"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status":"not ready","error":e})),
-            )
-                .into_response()
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status":"not ready","error":e}))).into_response()
         }
     }
 }

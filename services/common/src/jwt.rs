@@ -69,11 +69,7 @@ impl JwtSigner {
             .map_err(|e| anyhow::anyhow!("not an Ed25519 PKCS#8 key: {e}"))?;
         let public = pair.public_key().as_ref().to_vec();
         let kid = hex::encode(&Sha256::digest(&public)[..8]);
-        Ok(Self {
-            encoding: EncodingKey::from_ed_der(der),
-            public,
-            kid,
-        })
+        Ok(Self { encoding: EncodingKey::from_ed_der(der), public, kid })
     }
 
     /// A new PKCS#8 PEM private key.
@@ -115,24 +111,14 @@ impl JwtSigner {
     /// A verifier that trusts exactly this key (no network).
     pub fn verifier(&self, claims: &JwtClaimArgs) -> JwtVerifier {
         let mut keys = HashMap::new();
-        keys.insert(
-            self.kid.clone(),
-            DecodingKey::from_ed_components(&URL_SAFE_NO_PAD.encode(&self.public)).ok(),
-        );
-        let keys = keys
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect();
+        keys.insert(self.kid.clone(), DecodingKey::from_ed_components(&URL_SAFE_NO_PAD.encode(&self.public)).ok());
+        let keys = keys.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
         JwtVerifier::new(keys, None, claims)
     }
 }
 
 fn pem_to_der(pem: &str) -> anyhow::Result<Vec<u8>> {
-    let body: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .map(str::trim)
-        .collect();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect();
     Ok(STANDARD.decode(body)?)
 }
 
@@ -154,53 +140,31 @@ const REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 
 impl JwtVerifier {
     pub fn from_jwks_url(url: &str, claims: &JwtClaimArgs) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(3))
-            .build()
-            .unwrap_or_default();
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap_or_default();
         Self::new(HashMap::new(), Some((url.to_string(), client)), claims)
     }
 
-    fn new(
-        keys: HashMap<String, DecodingKey>,
-        jwks: Option<(String, reqwest::Client)>,
-        claims: &JwtClaimArgs,
-    ) -> Self {
+    fn new(keys: HashMap<String, DecodingKey>, jwks: Option<(String, reqwest::Client)>, claims: &JwtClaimArgs) -> Self {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&claims.issuer]);
         validation.set_audience(&[&claims.audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = 5;
-        Self {
-            inner: Arc::new(Inner {
-                keys: RwLock::new(keys),
-                jwks,
-                last_fetch: Mutex::new(None),
-                validation,
-            }),
-        }
+        Self { inner: Arc::new(Inner { keys: RwLock::new(keys), jwks, last_fetch: Mutex::new(None), validation }) }
     }
 
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
         if header.alg != Algorithm::EdDSA {
-            return Err(TokenError::Invalid(format!(
-                "algorithm {:?} is not accepted",
-                header.alg
-            )));
+            return Err(TokenError::Invalid(format!("algorithm {:?} is not accepted", header.alg)));
         }
-        let kid = header
-            .kid
-            .ok_or_else(|| TokenError::Invalid("no kid".into()))?;
+        let kid = header.kid.ok_or_else(|| TokenError::Invalid("no kid".into()))?;
         if !self.inner.keys.read().await.contains_key(&kid) {
             self.refresh().await?;
         }
         let keys = self.inner.keys.read().await;
-        let key = keys
-            .get(&kid)
-            .ok_or_else(|| TokenError::Invalid(format!("unknown kid {kid}")))?;
+        let key = keys.get(&kid).ok_or_else(|| TokenError::Invalid(format!("unknown kid {kid}")))?;
         let data = jsonwebtoken::decode::<AccessClaims>(token, key, &self.inner.validation)
             .map_err(|e| TokenError::Invalid(e.to_string()))?;
         if data.claims.typ != ACCESS_TYP {
@@ -266,42 +230,23 @@ mod tests {
         assert_eq!(verifier.verify(&token).await.unwrap().email, "a@b.co");
 
         let other = JwtSigner::from_pem(&JwtSigner::generate_pem().unwrap()).unwrap();
-        assert!(
-            verifier
-                .verify(&other.sign(&claims(now)).unwrap())
-                .await
-                .is_err(),
-            "wrong key"
-        );
+        assert!(verifier.verify(&other.sign(&claims(now)).unwrap()).await.is_err(), "wrong key");
 
         let mut c = claims(now);
         c.aud = "someone-else".into();
-        assert!(
-            verifier.verify(&signer.sign(&c).unwrap()).await.is_err(),
-            "wrong audience"
-        );
+        assert!(verifier.verify(&signer.sign(&c).unwrap()).await.is_err(), "wrong audience");
 
         let mut c = claims(now);
         c.exp = now - 60;
-        assert!(
-            verifier.verify(&signer.sign(&c).unwrap()).await.is_err(),
-            "expired"
-        );
+        assert!(verifier.verify(&signer.sign(&c).unwrap()).await.is_err(), "expired");
 
         let mut c = claims(now);
         c.typ = "refresh".into();
-        assert!(
-            verifier.verify(&signer.sign(&c).unwrap()).await.is_err(),
-            "wrong typ"
-        );
+        assert!(verifier.verify(&signer.sign(&c).unwrap()).await.is_err(), "wrong typ");
 
         // alg: none, with the payload of a valid token.
         let payload = token.split('.').nth(1).unwrap();
-        let none = format!(
-            "{}.{}.",
-            URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
-            payload
-        );
+        let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#), payload);
         assert!(verifier.verify(&none).await.is_err(), "alg none");
     }
 

@@ -6,14 +6,11 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 
 /// Buckets for request latency, from 0.5 ms to 10 s.
-pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -29,27 +26,17 @@ impl Metrics {
         labels.insert("service".to_string(), service.to_string());
         let registry = Registry::new_custom(None, Some(labels)).unwrap_or_default();
         let http_requests = IntCounterVec::new(
-            Opts::new(
-                "payflow_http_requests_total",
-                "HTTP requests by route, method and status",
-            ),
+            Opts::new("payflow_http_requests_total", "HTTP requests by route, method and status"),
             &["route", "method", "status"],
         )
         .expect("static metric definition");
         let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "payflow_http_request_duration_seconds",
-                "HTTP request latency",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new("payflow_http_request_duration_seconds", "HTTP request latency")
+                .buckets(LATENCY_BUCKETS.to_vec()),
             &["route", "method", "status"],
         )
         .expect("static metric definition");
-        let m = Self {
-            registry,
-            http_requests,
-            http_duration,
-        };
+        let m = Self { registry, http_requests, http_duration };
         m.register(Box::new(m.http_requests.clone()));
         m.register(Box::new(m.http_duration.clone()));
         m
@@ -89,19 +76,10 @@ pub async fn middleware(State(metrics): State<Metrics>, req: Request, next: Next
     let status = res.status().as_u16().to_string();
     let labels = [route.as_str(), method.as_str(), status.as_str()];
     metrics.http_requests.with_label_values(&labels).inc();
-    metrics
-        .http_duration
-        .with_label_values(&labels)
-        .observe(started.elapsed().as_secs_f64());
+    metrics.http_duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
     res
 }
 
 pub async fn handler(State(metrics): State<Metrics>) -> impl IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        metrics.render(),
-    )
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
 }

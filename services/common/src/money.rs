@@ -30,8 +30,8 @@ impl Currency {
     /// Minor digits per ISO 4217 (the common exceptions; 2 otherwise).
     pub fn digits(&self) -> u32 {
         match self.code() {
-            "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF"
-            | "UGX" | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+            "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX" | "UYI" | "VND"
+            | "VUV" | "XAF" | "XOF" | "XPF" => 0,
             "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
             _ => 2,
         }
@@ -67,12 +67,7 @@ pub fn format_minor(minor: i64, currency: Currency) -> String {
     let v = minor as i128;
     let sign = if v < 0 { "-" } else { "" };
     let a = v.abs();
-    format!(
-        "{sign}{}.{:0width$}",
-        a / scale,
-        a % scale,
-        width = digits as usize
-    )
+    format!("{sign}{}.{:0width$}", a / scale, a % scale, width = digits as usize)
 }
 
 /// Why an amount was refused; the message is meant for the client.
@@ -91,11 +86,7 @@ pub fn parse_amount(text: &str, currency: Currency, max_minor: i64) -> Result<i6
 }
 
 /// Like [`parse_amount`] but zero is allowed (configuration such as the sign-up credit).
-pub fn parse_non_negative(
-    text: &str,
-    currency: Currency,
-    max_minor: i64,
-) -> Result<i64, AmountError> {
+pub fn parse_non_negative(text: &str, currency: Currency, max_minor: i64) -> Result<i64, AmountError> {
     let err = |m: &str| Err(AmountError(m.to_string()));
     let (int, frac) = match text.split_once('.') {
         Some((i, f)) => (i, Some(f)),
@@ -113,34 +104,25 @@ pub fn parse_non_negative(
     }
     let digits = currency.digits() as usize;
     if frac.len() > digits {
-        return Err(AmountError(format!(
-            "must have at most {digits} decimal places for {currency}"
-        )));
+        return Err(AmountError(format!("must have at most {digits} decimal places for {currency}")));
     }
     // 18 integer digits already exceed any sane maximum; refuse before overflow.
     if int.len() > 18 {
         return err("is too large");
     }
     let scale = 10i64.pow(digits as u32);
-    let int_part: i64 = int
-        .parse()
-        .map_err(|_| AmountError("is too large".into()))?;
+    let int_part: i64 = int.parse().map_err(|_| AmountError("is too large".into()))?;
     let frac_part: i64 = if frac.is_empty() {
         0
     } else {
-        format!("{frac:0<digits$}")
-            .parse()
-            .map_err(|_| AmountError("is invalid".into()))?
+        format!("{frac:0<digits$}").parse().map_err(|_| AmountError("is invalid".into()))?
     };
     let minor = int_part
         .checked_mul(scale)
         .and_then(|v| v.checked_add(frac_part))
         .ok_or_else(|| AmountError("is too large".into()))?;
     if minor > max_minor {
-        return Err(AmountError(format!(
-            "must be at most {}",
-            format_minor(max_minor, currency)
-        )));
+        return Err(AmountError(format!("must be at most {}", format_minor(max_minor, currency))));
     }
     Ok(minor)
 }
@@ -153,8 +135,7 @@ pub fn parse_json_amount(
 ) -> Result<i64, AmountError> {
     let text = raw.get().trim();
     if text.starts_with('"') {
-        let s: String =
-            serde_json::from_str(text).map_err(|_| AmountError("is not a valid string".into()))?;
+        let s: String = serde_json::from_str(text).map_err(|_| AmountError("is not a valid string".into()))?;
         parse_amount(s.trim(), currency, max_minor)
     } else if text.starts_with(|c: char| c.is_ascii_digit() || c == '-') {
         parse_amount(text, currency, max_minor)
@@ -212,24 +193,15 @@ mod tests {
             "1.2.3",
             "１",
         ] {
-            assert!(
-                parse_amount(bad, Currency::USD, MAX).is_err(),
-                "{bad:?} must be refused"
-            );
+            assert!(parse_amount(bad, Currency::USD, MAX).is_err(), "{bad:?} must be refused");
         }
     }
 
     #[test]
     fn json_numbers_and_strings() {
         let raw = |s: &str| serde_json::from_str::<Box<serde_json::value::RawValue>>(s).unwrap();
-        assert_eq!(
-            parse_json_amount(&raw("50.25"), Currency::USD, MAX),
-            Ok(5025)
-        );
-        assert_eq!(
-            parse_json_amount(&raw("\"50.25\""), Currency::USD, MAX),
-            Ok(5025)
-        );
+        assert_eq!(parse_json_amount(&raw("50.25"), Currency::USD, MAX), Ok(5025));
+        assert_eq!(parse_json_amount(&raw("\"50.25\""), Currency::USD, MAX), Ok(5025));
         assert!(parse_json_amount(&raw("5e1"), Currency::USD, MAX).is_err());
         assert!(parse_json_amount(&raw("true"), Currency::USD, MAX).is_err());
         assert!(parse_json_amount(&raw("null"), Currency::USD, MAX).is_err());

@@ -28,12 +28,7 @@ pub struct ServiceInfo {
 
 impl ServiceInfo {
     pub fn new(name: &'static str, readiness: Readiness) -> Self {
-        Self {
-            name,
-            metrics: Metrics::new(name),
-            readiness,
-            request_timeout: Duration::from_secs(15),
-        }
+        Self { name, metrics: Metrics::new(name), readiness, request_timeout: Duration::from_secs(15) }
     }
 }
 
@@ -42,64 +37,39 @@ impl ServiceInfo {
 pub fn with_common_layers(router: Router, info: &ServiceInfo) -> Router {
     let timeout = info.request_timeout;
     router
-        .merge(health::routes(
-            info.name,
-            info.readiness.clone(),
-            info.metrics.clone(),
-        ))
+        .merge(health::routes(info.name, info.readiness.clone(), info.metrics.clone()))
         .fallback(|| async { ApiError::route_not_found() })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "Method not allowed",
-            )
+            ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed")
         })
-        .layer(middleware::from_fn(move |req: Request, next: Next| {
-            request_timeout(timeout, req, next)
-        }))
+        .layer(middleware::from_fn(move |req: Request, next: Next| request_timeout(timeout, req, next)))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::internal("handler panicked").into_response()
         }))
-        .layer(middleware::from_fn_with_state(
-            info.metrics.clone(),
-            metrics::middleware,
-        ))
+        .layer(middleware::from_fn_with_state(info.metrics.clone(), metrics::middleware))
         .layer(middleware::from_fn(crate::correlation::middleware))
 }
 
 async fn request_timeout(limit: Duration, req: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(res) => res,
-        Err(_) => ApiError::new(
-            axum::http::StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            "Request timed out",
-        )
-        .into_response(),
+        Err(_) => {
+            ApiError::new(axum::http::StatusCode::GATEWAY_TIMEOUT, "timeout", "Request timed out").into_response()
+        }
     }
 }
 
 /// Binds `addr` (port 0 picks a free one).
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }
 
 /// Serves until SIGTERM/Ctrl-C or `cancel`, then drains in-flight requests.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    cancel: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationToken) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(crate::shutdown::signal(cancel))
-    .await?;
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(crate::shutdown::signal(cancel))
+        .await?;
     Ok(())
 }

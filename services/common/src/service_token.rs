@@ -18,10 +18,7 @@ impl ServiceToken {
     /// Refuses an empty or short secret: an internal API behind a guessable
     /// credential is an open API.
     pub fn new(secret: &str) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            secret.len() >= 16,
-            "the service token must be at least 16 characters"
-        );
+        anyhow::ensure!(secret.len() >= 16, "the service token must be at least 16 characters");
         Ok(Self(secret.into()))
     }
 
@@ -36,11 +33,7 @@ impl ServiceToken {
 
 /// Middleware for internal routes.
 pub async fn require(State(token): State<ServiceToken>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(&HEADER)
-        .map(|v| token.matches(v.as_bytes()))
-        .unwrap_or(false);
+    let ok = req.headers().get(&HEADER).map(|v| token.matches(v.as_bytes())).unwrap_or(false);
     if !ok {
         return ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,

@@ -27,11 +27,7 @@ pub struct CircuitBreaker {
 
 impl CircuitBreaker {
     pub fn new(threshold: u32, open_for: Duration) -> Self {
-        Self {
-            state: Mutex::new(State::Closed { failures: 0 }),
-            threshold: threshold.max(1),
-            open_for,
-        }
+        Self { state: Mutex::new(State::Closed { failures: 0 }), threshold: threshold.max(1), open_for }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -67,12 +63,8 @@ impl CircuitBreaker {
     fn record_failure_at(&self, now: Instant) {
         let mut s = self.lock();
         *s = match *s {
-            State::Closed { failures } if failures + 1 < self.threshold => State::Closed {
-                failures: failures + 1,
-            },
-            _ => State::Open {
-                until: now + self.open_for,
-            },
+            State::Closed { failures } if failures + 1 < self.threshold => State::Closed { failures: failures + 1 },
+            _ => State::Open { until: now + self.open_for },
         };
     }
 
@@ -100,10 +92,7 @@ mod tests {
         assert!(b.allow_at(later), "one trial after the open period");
         assert!(!b.allow_at(later), "only one trial at a time");
         b.record_failure_at(later);
-        assert!(
-            !b.allow_at(later + Duration::from_secs(1)),
-            "failed trial reopens"
-        );
+        assert!(!b.allow_at(later + Duration::from_secs(1)), "failed trial reopens");
         let much_later = later + Duration::from_secs(11);
         assert!(b.allow_at(much_later));
         b.record_success();

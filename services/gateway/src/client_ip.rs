@@ -15,10 +15,7 @@ impl TrustedProxies {
         for e in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
             let net = match e.parse::<IpNet>() {
                 Ok(n) => n,
-                Err(_) => IpNet::from(
-                    e.parse::<IpAddr>()
-                        .map_err(|_| anyhow::anyhow!("bad trusted proxy {e:?}"))?,
-                ),
+                Err(_) => IpNet::from(e.parse::<IpAddr>().map_err(|_| anyhow::anyhow!("bad trusted proxy {e:?}"))?),
             };
             nets.push(net);
         }
@@ -69,10 +66,7 @@ mod tests {
     #[test]
     fn trusted_peer_forwards_the_nearest_untrusted_hop() {
         let t = TrustedProxies::parse(&["10.0.0.0/8".into(), "192.168.1.1".into()]).unwrap();
-        assert_eq!(
-            t.client_ip(ip("10.1.1.1"), Some("6.6.6.6, 5.5.5.5, 192.168.1.1")),
-            ip("5.5.5.5")
-        );
+        assert_eq!(t.client_ip(ip("10.1.1.1"), Some("6.6.6.6, 5.5.5.5, 192.168.1.1")), ip("5.5.5.5"));
         assert_eq!(t.client_ip(ip("10.1.1.1"), None), ip("10.1.1.1"));
         assert_eq!(t.client_ip(ip("10.1.1.1"), Some("garbage")), ip("10.1.1.1"));
     }

@@ -5,10 +5,13 @@
 pub mod breaker;
 pub mod client_ip;
 pub mod config;
+pub mod idempotency_cache;
+mod payments;
 pub mod proxy;
 pub mod rate_limit;
 mod routes;
 pub mod state;
+mod status;
 
 use tokio_util::sync::CancellationToken;
 

@@ -4,65 +4,50 @@
 use std::net::IpAddr;
 
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::Request;
+use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use payflow_common::correlation::{self, CorrelationId};
 use payflow_common::error::ApiError;
-use payflow_common::extract::read_body;
+use payflow_common::extract::{body_too_large, MAX_BODY_BYTES};
 
 use crate::state::{AppState, Upstream};
 
 /// Request headers an upstream needs; everything else (cookies, hop-by-hop) stays here.
-const FORWARDED_REQUEST: &[&str] = &[
-    "authorization",
-    "content-type",
-    "accept",
-    "idempotency-key",
-    "user-agent",
-    "accept-language",
-];
+const FORWARDED_REQUEST: &[&str] =
+    &["authorization", "content-type", "accept", "idempotency-key", "user-agent", "accept-language"];
 /// Response headers a client needs.
-const FORWARDED_RESPONSE: &[&str] = &[
-    "content-type",
-    "retry-after",
-    "idempotent-replayed",
-    "location",
-];
+const FORWARDED_RESPONSE: &[&str] = &["content-type", "retry-after", "idempotent-replayed", "location"];
 
 /// The client address, set by the rate-limit middleware.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
 pub async fn forward(state: &AppState, upstream: &Upstream, req: Request) -> Response {
-    let outcome = |o: &str| {
-        state
-            .gateway_metrics
-            .upstream_requests
-            .with_label_values(&[upstream.name, o])
-            .inc()
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => return body_too_large().into_response(),
     };
+    send(state, upstream, &parts, body).await
+}
+
+/// Sends an already-read request to `upstream` and relays its answer.
+pub async fn send(state: &AppState, upstream: &Upstream, parts: &Parts, body: Bytes) -> Response {
+    let outcome = |o: &str| state.gateway_metrics.upstream_requests.with_label_values(&[upstream.name, o]).inc();
     if !upstream.breaker.allow() {
         outcome("breaker_open");
         return unavailable(upstream);
     }
-    let client_ip = req.extensions().get::<ClientIp>().map(|c| c.0);
-    let correlation = req.extensions().get::<CorrelationId>().cloned();
-    let method = req.method().clone();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let headers = req.headers().clone();
-    let body = match read_body(req).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+    let client_ip = parts.extensions.get::<ClientIp>().map(|c| c.0);
+    let correlation = parts.extensions.get::<CorrelationId>().cloned();
+    let method = parts.method.clone();
+    let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let headers = &parts.headers;
 
-    let mut call = state
-        .http
-        .request(method, format!("{}{}", upstream.base_url, path));
+    let mut call = state.http.request(method, format!("{}{}", upstream.base_url, path));
     for name in FORWARDED_REQUEST {
         if let Some(v) = headers.get(*name) {
             call = call.header(*name, v);
@@ -95,18 +80,13 @@ pub async fn forward(state: &AppState, upstream: &Upstream, req: Request) -> Res
     let mut out = Response::builder().status(status);
     for name in FORWARDED_RESPONSE {
         if let Some(v) = res.headers().get(*name) {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_bytes(v.as_bytes()),
-            ) {
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(v.as_bytes())) {
                 out = out.header(n, v);
             }
         }
     }
     match res.bytes().await {
-        Ok(bytes) => out
-            .body(Body::from(bytes))
-            .unwrap_or_else(|e| ApiError::internal(e).into_response()),
+        Ok(bytes) => out.body(Body::from(bytes)).unwrap_or_else(|e| ApiError::internal(e).into_response()),
         Err(e) => {
             upstream.breaker.record_failure();
             tracing::warn!(upstream = upstream.name, error = %e, "upstream body failed");
@@ -118,9 +98,6 @@ pub async fn forward(state: &AppState, upstream: &Upstream, req: Request) -> Res
 fn unavailable(upstream: &Upstream) -> Response {
     ApiError::unavailable("Service temporarily unavailable")
         .with_code("upstream_unavailable")
-        .with_details(vec![payflow_common::error::FieldError::new(
-            "service",
-            upstream.name,
-        )])
+        .with_details(vec![payflow_common::error::FieldError::new("service", upstream.name)])
         .into_response()
 }

@@ -50,10 +50,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(redis: ConnectionManager) -> Self {
-        Self {
-            redis,
-            script: std::sync::Arc::new(Script::new(TOKEN_BUCKET)),
-        }
+        Self { redis, script: std::sync::Arc::new(Script::new(TOKEN_BUCKET)) }
     }
 
     /// Takes one token from `key`'s bucket. A limit of 0 disables it.
@@ -70,10 +67,6 @@ impl RateLimiter {
             .arg(per_sec)
             .invoke_async(&mut conn)
             .await?;
-        Ok(if allowed == 1 {
-            Decision::Allowed
-        } else {
-            Decision::Denied((wait_ms.max(1) as u64).div_ceil(1000))
-        })
+        Ok(if allowed == 1 { Decision::Allowed } else { Decision::Denied((wait_ms.max(1) as u64).div_ceil(1000)) })
     }
 }

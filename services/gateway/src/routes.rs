@@ -7,7 +7,7 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use payflow_common::bearer::{bearer_token, AuthUser};
 use payflow_common::error::ApiError;
@@ -26,10 +26,7 @@ pub fn router(state: AppState) -> Router {
         metrics: state.metrics.clone(),
         ..ServiceInfo::new(
             crate::SERVICE_NAME,
-            payflow_common::health::Readiness {
-                db: None,
-                redis: Some(state.redis.clone()),
-            },
+            payflow_common::health::Readiness { db: None, redis: Some(state.redis.clone()) },
         )
     };
 
@@ -45,6 +42,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/me", get(to_auth))
         .route("/api/wallets", get(to_wallet))
         .route("/api/wallets/{user_id}", get(own_wallet))
+        .route("/api/transactions", get(to_transaction).post(crate::payments::create))
+        .route("/api/transactions/{id}", get(to_transaction))
+        .route("/api/notifications/{user_id}", get(own_notifications))
+        .route("/api/notifications/{id}/read", put(to_notification))
+        .route("/api/metrics", get(crate::status::services))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_user));
 
     let api = auth_public
@@ -56,19 +58,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
-    let origins: Vec<HeaderValue> = origins
-        .iter()
-        .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
-        .collect();
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o.trim()).ok()).collect();
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::PUT,
-            Method::DELETE,
-            Method::OPTIONS,
-        ])
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
@@ -92,8 +85,15 @@ async fn to_wallet(State(s): State<AppState>, req: Request) -> Response {
     forward(&s, &s.upstreams.wallet, req).await
 }
 
-/// Object-level check at the edge too: another user's wallet never leaves the gateway.
-async fn own_wallet(
+async fn to_transaction(State(s): State<AppState>, req: Request) -> Response {
+    forward(&s, &s.upstreams.transaction, req).await
+}
+
+async fn to_notification(State(s): State<AppState>, req: Request) -> Response {
+    forward(&s, &s.upstreams.notification, req).await
+}
+
+async fn own_notifications(
     State(s): State<AppState>,
     user: AuthUser,
     Path(raw): Path<String>,
@@ -106,15 +106,23 @@ async fn own_wallet(
     if let Err(e) = user.require_self(owner) {
         return e.into_response();
     }
+    forward(&s, &s.upstreams.notification, req).await
+}
+
+/// Object-level check at the edge too: another user's wallet never leaves the gateway.
+async fn own_wallet(State(s): State<AppState>, user: AuthUser, Path(raw): Path<String>, req: Request) -> Response {
+    let owner: UserId = match parse_path_id(&raw, "userId") {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = user.require_self(owner) {
+        return e.into_response();
+    }
     forward(&s, &s.upstreams.wallet, req).await
 }
 
 fn too_many(state: &AppState, scope: &str, retry_after: u64) -> Response {
-    state
-        .gateway_metrics
-        .rate_limited
-        .with_label_values(&[scope])
-        .inc();
+    state.gateway_metrics.rate_limited.with_label_values(&[scope]).inc();
     ApiError::too_many_requests("Too many requests", retry_after).into_response()
 }
 
@@ -138,10 +146,7 @@ async fn ip_limit(State(s): State<AppState>, mut req: Request, next: Next) -> Re
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let xff = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
+    let xff = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
     let ip = s.trusted_proxies.client_ip(peer, xff);
     req.extensions_mut().insert(ClientIp(ip));
     if let Some(denied) = take(&s, &format!("ip:{ip}"), s.limits.ip, "ip").await {
@@ -151,11 +156,7 @@ async fn ip_limit(State(s): State<AppState>, mut req: Request, next: Next) -> Re
 }
 
 async fn auth_limit(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let ip = req
-        .extensions()
-        .get::<ClientIp>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_default();
+    let ip = req.extensions().get::<ClientIp>().map(|c| c.0.to_string()).unwrap_or_default();
     if let Some(denied) = take(&s, &format!("auth:{ip}"), s.limits.auth, "auth").await {
         return denied;
     }

@@ -24,6 +24,20 @@ pub struct Upstream {
 pub struct Upstreams {
     pub auth: Upstream,
     pub wallet: Upstream,
+    pub transaction: Upstream,
+    pub notification: Upstream,
+}
+
+impl Upstreams {
+    /// In the order and with the names `GET /api/metrics` reports.
+    pub fn named(&self) -> [(&'static str, &Upstream); 4] {
+        [
+            ("authService", &self.auth),
+            ("walletService", &self.wallet),
+            ("transactionService", &self.transaction),
+            ("notificationService", &self.notification),
+        ]
+    }
 }
 
 #[derive(Clone)]
@@ -37,6 +51,7 @@ pub struct Limits {
 pub struct GatewayMetrics {
     pub rate_limited: IntCounterVec,
     pub upstream_requests: IntCounterVec,
+    pub idempotent_replays: prometheus::IntCounter,
 }
 
 #[derive(Clone)]
@@ -70,10 +85,7 @@ impl AppState {
         let upstream = |name, base: &str| Upstream {
             name,
             base_url: base.trim_end_matches('/').to_string(),
-            breaker: Arc::new(CircuitBreaker::new(
-                u.breaker_failures,
-                Duration::from_secs(u.breaker_open_secs),
-            )),
+            breaker: Arc::new(CircuitBreaker::new(u.breaker_failures, Duration::from_secs(u.breaker_open_secs))),
         };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(u.timeout_ms))
@@ -83,20 +95,19 @@ impl AppState {
         let metrics = Metrics::new(crate::SERVICE_NAME);
         let gateway_metrics = GatewayMetrics {
             rate_limited: IntCounterVec::new(
-                Opts::new(
-                    "payflow_gateway_rate_limited_total",
-                    "Requests refused by a rate limit",
-                ),
+                Opts::new("payflow_gateway_rate_limited_total", "Requests refused by a rate limit"),
                 &["scope"],
             )?,
             upstream_requests: IntCounterVec::new(
-                Opts::new(
-                    "payflow_gateway_upstream_requests_total",
-                    "Upstream calls by outcome",
-                ),
+                Opts::new("payflow_gateway_upstream_requests_total", "Upstream calls by outcome"),
                 &["upstream", "outcome"],
             )?,
+            idempotent_replays: prometheus::IntCounter::new(
+                "payflow_gateway_idempotent_replays_total",
+                "Answers replayed from the Redis idempotency fast path",
+            )?,
         };
+        metrics.register(Box::new(gateway_metrics.idempotent_replays.clone()));
         metrics.register(Box::new(gateway_metrics.rate_limited.clone()));
         metrics.register(Box::new(gateway_metrics.upstream_requests.clone()));
         Ok(Self {
@@ -105,19 +116,15 @@ impl AppState {
             redis,
             verifier,
             limits: Limits {
-                ip: Limit {
-                    per_minute: cfg.limits.ip_per_minute,
-                },
-                user: Limit {
-                    per_minute: cfg.limits.user_per_minute,
-                },
-                auth: Limit {
-                    per_minute: cfg.limits.auth_per_minute,
-                },
+                ip: Limit { per_minute: cfg.limits.ip_per_minute },
+                user: Limit { per_minute: cfg.limits.user_per_minute },
+                auth: Limit { per_minute: cfg.limits.auth_per_minute },
             },
             upstreams: Upstreams {
                 auth: upstream("auth", &u.auth_url),
                 wallet: upstream("wallet", &u.wallet_url),
+                transaction: upstream("transaction", &u.transaction_url),
+                notification: upstream("notification", &u.notification_url),
             },
             http,
             trusted_proxies: TrustedProxies::parse(&cfg.trusted_proxies)?,

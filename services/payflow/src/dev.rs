@@ -1,9 +1,11 @@
-//! `payflow dev`: gateway, auth and wallet in one process, wired to each other
-//! on loopback, after applying migrations. For local use, not production.
+//! `payflow dev`: every component in one process (gateway, auth, wallet,
+//! transaction with its relay, worker), wired to each other on loopback,
+//! after applying migrations. For local use, not production.
 
 use clap::{Args, Parser};
 use payflow_common::config::{DbArgs, RedisArgs};
 use payflow_common::shutdown::CancellationToken;
+use payflow_messaging::AmqpArgs;
 use rand::Rng;
 
 #[derive(Debug, Clone, Args)]
@@ -12,30 +14,26 @@ pub struct DevArgs {
     db: DbArgs,
     #[command(flatten)]
     redis: RedisArgs,
+    #[command(flatten)]
+    amqp: AmqpArgs,
     /// Address every component binds to.
-    #[arg(
-        long = "dev-bind",
-        env = "PAYFLOW_DEV_BIND",
-        default_value = "127.0.0.1"
-    )]
+    #[arg(long = "dev-bind", env = "PAYFLOW_DEV_BIND", default_value = "127.0.0.1")]
     bind: String,
     /// Gateway port.
-    #[arg(
-        long = "gateway-port",
-        env = "PAYFLOW_GATEWAY_PORT",
-        default_value_t = 3000
-    )]
+    #[arg(long = "gateway-port", env = "PAYFLOW_GATEWAY_PORT", default_value_t = 3000)]
     gateway_port: u16,
     /// Auth port.
     #[arg(long = "auth-port", env = "PAYFLOW_AUTH_PORT", default_value_t = 3004)]
     auth_port: u16,
     /// Wallet port.
-    #[arg(
-        long = "wallet-port",
-        env = "PAYFLOW_WALLET_PORT",
-        default_value_t = 3001
-    )]
+    #[arg(long = "wallet-port", env = "PAYFLOW_WALLET_PORT", default_value_t = 3001)]
     wallet_port: u16,
+    /// Transaction port.
+    #[arg(long = "transaction-port", env = "PAYFLOW_TRANSACTION_PORT", default_value_t = 3002)]
+    transaction_port: u16,
+    /// Worker metrics port.
+    #[arg(long = "worker-port", env = "PAYFLOW_WORKER_PORT", default_value_t = 3005)]
+    worker_port: u16,
 }
 
 /// Parses one component's configuration from the environment and `args`,
@@ -75,12 +73,37 @@ pub async fn run(a: DevArgs, cancel: CancellationToken) -> anyhow::Result<()> {
         flag("wallet-url", url(a.wallet_port)),
     ])?;
     let wallet: payflow_wallet::Config = component(&[
-        db,
+        db.clone(),
         bind.clone(),
-        service_token,
+        service_token.clone(),
         flag("wallet-port", a.wallet_port.to_string()),
         flag("jwks-url", jwks.clone()),
     ])?;
+    let amqp = [
+        flag("amqp-url", a.amqp.amqp_url.clone()),
+        flag("amqp-prefix", a.amqp.prefix.clone()),
+        flag("amqp-delivery-limit", a.amqp.delivery_limit.to_string()),
+    ];
+    let to_wallet = [flag("wallet-url", url(a.wallet_port)), service_token.clone()];
+    let transaction: payflow_transaction::Config = component(
+        &[
+            db.clone(),
+            bind.clone(),
+            flag("transaction-port", a.transaction_port.to_string()),
+            flag("jwks-url", jwks.clone()),
+        ]
+        .into_iter()
+        .chain(amqp.clone())
+        .chain(to_wallet.clone())
+        .collect::<Vec<_>>(),
+    )?;
+    let worker: payflow_transaction::WorkerConfig = component(
+        &[db.clone(), bind.clone(), flag("worker-port", a.worker_port.to_string())]
+            .into_iter()
+            .chain(amqp)
+            .chain(to_wallet)
+            .collect::<Vec<_>>(),
+    )?;
     let gateway: payflow_gateway::Config = component(&[
         redis,
         bind,
@@ -88,12 +111,15 @@ pub async fn run(a: DevArgs, cancel: CancellationToken) -> anyhow::Result<()> {
         flag("jwks-url", jwks),
         flag("auth-url", url(a.auth_port)),
         flag("wallet-url", url(a.wallet_port)),
+        flag("transaction-url", url(a.transaction_port)),
     ])?;
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(payflow_auth::run(auth, cancel.clone()));
     tasks.spawn(payflow_wallet::run(wallet, cancel.clone()));
     tasks.spawn(payflow_gateway::run(gateway, cancel.clone()));
+    tasks.spawn(payflow_transaction::run(transaction, cancel.clone()));
+    tasks.spawn(payflow_transaction::worker::run(worker, cancel.clone()));
     tracing::info!(gateway = %url(a.gateway_port), "payflow dev is up");
     let mut first_error = None;
     while let Some(result) = tasks.join_next().await {

@@ -7,12 +7,7 @@ use payflow_common::config::DbArgs;
 use payflow_common::shutdown::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "payflow",
-    version,
-    about = "PayFlow payment platform",
-    propagate_version = true
-)]
+#[command(name = "payflow", version, about = "PayFlow payment platform", propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,6 +21,12 @@ enum Command {
     Auth(payflow_auth::Config),
     /// The wallet service: accounts, ledger, two-phase transfers (port 3001).
     Wallet(payflow_wallet::Config),
+    /// The transaction service: send money, idempotency, outbox relay (port 3002).
+    Transaction(payflow_transaction::Config),
+    /// Settles transactions from the queue (metrics on port 3005).
+    Worker(payflow_transaction::WorkerConfig),
+    /// Voids or completes transactions stuck longer than --older-than, then exits.
+    ReversePending(payflow_transaction::ReversalConfig),
     /// Every component in one process, for local use.
     Dev(dev::DevArgs),
     /// Creates or upgrades every service's schema, then exits.
@@ -39,10 +40,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     payflow_common::telemetry::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("payflow: cannot start the runtime: {e}");
@@ -65,6 +63,15 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Gateway(cfg) => payflow_gateway::run(cfg, cancel).await?,
         Command::Auth(cfg) => payflow_auth::run(cfg, cancel).await?,
         Command::Wallet(cfg) => payflow_wallet::run(cfg, cancel).await?,
+        Command::Transaction(cfg) => payflow_transaction::run(cfg, cancel).await?,
+        Command::Worker(cfg) => payflow_transaction::worker::run(cfg, cancel).await?,
+        Command::ReversePending(cfg) => {
+            let report = payflow_transaction::reversal::run(&cfg).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            if report.errors > 0 {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
         Command::Dev(args) => dev::run(args, cancel).await?,
         Command::Migrate(db) => migrate(&db).await?,
         Command::LedgerCheck(db) => return ledger_check(&db).await,
@@ -77,6 +84,7 @@ pub(crate) async fn migrate(db: &DbArgs) -> anyhow::Result<()> {
     let pool = payflow_common::db::connect(db).await?;
     payflow_auth::migrate(&pool).await?;
     payflow_wallet::migrate(&pool).await?;
+    payflow_transaction::migrate(&pool).await?;
     tracing::info!("migrations applied");
     pool.close().await;
     Ok(())

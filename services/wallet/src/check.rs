@@ -29,9 +29,7 @@ pub async fn ledger_check(pool: &PgPool) -> Result<LedgerReport, sqlx::Error> {
     let mut report = LedgerReport::default();
     // One snapshot, so concurrent transfers cannot make a consistent ledger look broken.
     let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
     (report.accounts, report.transfers, report.entries) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM wallet.accounts), (SELECT count(*) FROM wallet.transfers), \
          (SELECT count(*) FROM wallet.ledger_entries)",
@@ -45,10 +43,7 @@ pub async fn ledger_check(pool: &PgPool) -> Result<LedgerReport, sqlx::Error> {
     .fetch_all(&mut *tx)
     .await?;
     for (currency, sum) in sums {
-        report.problems.push(format!(
-            "balances in {currency} sum to {} minor units, not 0",
-            sum.unwrap_or(0)
-        ));
+        report.problems.push(format!("balances in {currency} sum to {} minor units, not 0", sum.unwrap_or(0)));
     }
 
     let drift: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
@@ -59,9 +54,7 @@ pub async fn ledger_check(pool: &PgPool) -> Result<LedgerReport, sqlx::Error> {
     .fetch_all(&mut *tx)
     .await?;
     for (id, balance, entries) in drift {
-        report.problems.push(format!(
-            "account {id}: balance {balance} but its entries sum to {entries}"
-        ));
+        report.problems.push(format!("account {id}: balance {balance} but its entries sum to {entries}"));
     }
 
     let holds: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
@@ -72,9 +65,7 @@ pub async fn ledger_check(pool: &PgPool) -> Result<LedgerReport, sqlx::Error> {
     .fetch_all(&mut *tx)
     .await?;
     for (id, held, pending) in holds {
-        report.problems.push(format!(
-            "account {id}: holds {held} but its pending debits sum to {pending}"
-        ));
+        report.problems.push(format!("account {id}: holds {held} but its pending debits sum to {pending}"));
     }
 
     let negative: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
@@ -83,9 +74,7 @@ pub async fn ledger_check(pool: &PgPool) -> Result<LedgerReport, sqlx::Error> {
     .fetch_all(&mut *tx)
     .await?;
     for (id, available) in negative {
-        report.problems.push(format!(
-            "account {id}: available balance {available} is negative"
-        ));
+        report.problems.push(format!("account {id}: available balance {available} is negative"));
     }
 
     let bad_transfers: Vec<(uuid::Uuid, String, i64, i64)> = sqlx::query_as(
@@ -100,9 +89,7 @@ pub async fn ledger_check(pool: &PgPool) -> Result<LedgerReport, sqlx::Error> {
     .fetch_all(&mut *tx)
     .await?;
     for (id, state, n, sum) in bad_transfers {
-        report.problems.push(format!(
-            "transfer {id} ({state}): {n} entries summing to {sum}"
-        ));
+        report.problems.push(format!("transfer {id} ({state}): {n} entries summing to {sum}"));
     }
     tx.commit().await?;
     Ok(report)

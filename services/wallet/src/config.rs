@@ -5,11 +5,7 @@ use payflow_common::config::{DbArgs, JwtVerifyArgs, ListenArgs, ServiceTokenArgs
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Port of the wallet HTTP API.
-    #[arg(
-        long = "wallet-port",
-        env = "PAYFLOW_WALLET_PORT",
-        default_value_t = 3001
-    )]
+    #[arg(long = "wallet-port", env = "PAYFLOW_WALLET_PORT", default_value_t = 3001)]
     pub port: u16,
     #[command(flatten)]
     pub listen: ListenArgs,
@@ -20,17 +16,9 @@ pub struct Config {
     #[command(flatten)]
     pub jwt: JwtVerifyArgs,
     /// Money credited to every new wallet, in the wallet's currency ("0" for none).
-    #[arg(
-        long = "signup-credit",
-        env = "PAYFLOW_SIGNUP_CREDIT",
-        default_value = "1000.00"
-    )]
+    #[arg(long = "signup-credit", env = "PAYFLOW_SIGNUP_CREDIT", default_value = "1000.00")]
     pub signup_credit: String,
     /// Currency of new wallets (ISO 4217).
-    #[arg(
-        long = "default-currency",
-        env = "PAYFLOW_DEFAULT_CURRENCY",
-        default_value = "USD"
-    )]
+    #[arg(long = "default-currency", env = "PAYFLOW_DEFAULT_CURRENCY", default_value = "USD")]
     pub default_currency: String,
 }

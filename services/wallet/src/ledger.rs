@@ -134,40 +134,30 @@ fn is_transient(e: &LedgerError) -> bool {
     }
 }
 
-const TRANSFER_SELECT: &str =
-    "SELECT t.id, t.kind, d.user_id AS from_user_id, c.user_id AS to_user_id, \
+const TRANSFER_SELECT: &str = "SELECT t.id, t.kind, d.user_id AS from_user_id, c.user_id AS to_user_id, \
      t.amount, t.currency::text AS currency, t.state, t.timeout_at, t.created_at, t.resolved_at \
      FROM wallet.transfers t \
      LEFT JOIN wallet.accounts d ON d.id = t.debit_account_id \
      LEFT JOIN wallet.accounts c ON c.id = t.credit_account_id \
      WHERE t.id = $1";
 
-const WALLET_SELECT: &str =
-    "SELECT user_id, name, currency::text AS currency, balance, pending_debits, \
+const WALLET_SELECT: &str = "SELECT user_id, name, currency::text AS currency, balance, pending_debits, \
      created_at, updated_at FROM wallet.accounts WHERE user_id = $1";
 
 pub async fn get_transfer(pool: &PgPool, id: TransferId) -> Result<Option<Transfer>, sqlx::Error> {
-    sqlx::query_as::<_, Transfer>(TRANSFER_SELECT)
-        .bind(id.0)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as::<_, Transfer>(TRANSFER_SELECT).bind(id.0).fetch_optional(pool).await
 }
 
 pub async fn get_wallet(pool: &PgPool, user: UserId) -> Result<Option<Wallet>, sqlx::Error> {
-    sqlx::query_as::<_, Wallet>(WALLET_SELECT)
-        .bind(user.0)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as::<_, Wallet>(WALLET_SELECT).bind(user.0).fetch_optional(pool).await
 }
 
 /// The payee directory: every user wallet's owner and name.
 pub async fn directory(pool: &PgPool, limit: i64) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT user_id, name FROM wallet.accounts WHERE kind = 'user' ORDER BY name, user_id LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+    sqlx::query_as("SELECT user_id, name FROM wallet.accounts WHERE kind = 'user' ORDER BY name, user_id LIMIT $1")
+        .bind(limit)
+        .fetch_all(pool)
+        .await
 }
 
 /// Creates a user's wallet with the sign-up credit, once: a second call for
@@ -208,7 +198,7 @@ pub async fn create_wallet(
         }
         if signup_credit > 0 {
             let issuer: Uuid = sqlx::query_scalar(
-                "SELECT id FROM wallet.accounts WHERE kind = 'system' AND currency = $1 FOR UPDATE",
+                "SELECT id FROM wallet.accounts WHERE kind = 'system' AND currency = $1 FOR NO KEY UPDATE",
             )
             .bind(currency.code())
             .fetch_one(&mut *tx)
@@ -232,19 +222,12 @@ pub async fn create_wallet(
     })
     .await?;
     let wallet = get_wallet(pool, user).await?.ok_or(LedgerError::NotFound)?;
-    Ok(if created {
-        Outcome::Created(wallet)
-    } else {
-        Outcome::Existing(wallet)
-    })
+    Ok(if created { Outcome::Created(wallet) } else { Outcome::Existing(wallet) })
 }
 
 /// Places a hold: a pending transfer that reduces the sender's available balance.
 /// Repeating an identical request is a success; reusing the id otherwise is a conflict.
-pub async fn create_pending(
-    pool: &PgPool,
-    new: &NewTransfer,
-) -> Result<Outcome<Transfer>, LedgerError> {
+pub async fn create_pending(pool: &PgPool, new: &NewTransfer) -> Result<Outcome<Transfer>, LedgerError> {
     if new.from == new.to {
         return Err(LedgerError::SameAccount);
     }
@@ -295,9 +278,7 @@ pub async fn create_pending(
         Ok(true)
     })
     .await?;
-    let transfer = get_transfer(pool, new.id)
-        .await?
-        .ok_or(LedgerError::Retry)?;
+    let transfer = get_transfer(pool, new.id).await?.ok_or(LedgerError::Retry)?;
     if created {
         return Ok(Outcome::Created(transfer));
     }
@@ -390,7 +371,9 @@ pub async fn void(pool: &PgPool, id: TransferId) -> Result<Transfer, LedgerError
 }
 
 /// Moves `amount` from `debit` to `credit` with two ledger entries. Accounts
-/// are locked in id order first, the one order every path uses.
+/// are locked in id order first, the one order every path uses. `NO KEY
+/// UPDATE` (not `UPDATE`) so that concurrent inserts of transfers, whose
+/// foreign keys take `KEY SHARE` on the same accounts, do not deadlock with it.
 async fn move_money(
     tx: &mut Transaction<'_, Postgres>,
     transfer: Uuid,
@@ -399,7 +382,7 @@ async fn move_money(
     amount: i64,
     release_hold: bool,
 ) -> Result<(), LedgerError> {
-    sqlx::query("SELECT id FROM wallet.accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+    sqlx::query("SELECT id FROM wallet.accounts WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
         .bind(vec![debit, credit])
         .execute(&mut **tx)
         .await?;
@@ -413,13 +396,11 @@ async fn move_money(
     .bind(held)
     .execute(&mut **tx)
     .await?;
-    sqlx::query(
-        "UPDATE wallet.accounts SET balance = balance + $2, updated_at = now() WHERE id = $1",
-    )
-    .bind(credit)
-    .bind(amount)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query("UPDATE wallet.accounts SET balance = balance + $2, updated_at = now() WHERE id = $1")
+        .bind(credit)
+        .bind(amount)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query(
         "INSERT INTO wallet.ledger_entries (transfer_id, account_id, amount) VALUES ($1, $2, -$4), ($1, $3, $4)",
     )

@@ -38,10 +38,7 @@ pub(crate) fn service_info(state: &AppState) -> ServiceInfo {
         metrics: state.metrics.clone(),
         ..ServiceInfo::new(
             SERVICE_NAME,
-            payflow_common::health::Readiness {
-                db: Some(state.pool.clone()),
-                redis: None,
-            },
+            payflow_common::health::Readiness { db: Some(state.pool.clone()), redis: None },
         )
     }
 }

@@ -31,9 +31,8 @@ impl AppState {
     /// From an existing pool and verifier (tests, `payflow dev`).
     pub fn with_parts(cfg: &Config, pool: PgPool, verifier: JwtVerifier) -> anyhow::Result<Self> {
         let currency = Currency::parse(&cfg.default_currency).map_err(anyhow::Error::msg)?;
-        let signup_credit =
-            parse_non_negative(&cfg.signup_credit, currency, MAX_SIGNUP_CREDIT_MINOR)
-                .map_err(|e| anyhow::anyhow!("PAYFLOW_SIGNUP_CREDIT {e}"))?;
+        let signup_credit = parse_non_negative(&cfg.signup_credit, currency, MAX_SIGNUP_CREDIT_MINOR)
+            .map_err(|e| anyhow::anyhow!("PAYFLOW_SIGNUP_CREDIT {e}"))?;
         Ok(Self {
             pool,
             verifier,

@@ -10,8 +10,5 @@ use crate::state::AppState;
 pub async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     // Short caching: verifiers refetch on an unknown kid anyway, so a rotation
     // is picked up without waiting for the cache to expire.
-    (
-        [(CACHE_CONTROL, "public, max-age=300")],
-        Json(state.signer.jwks()),
-    )
+    ([(CACHE_CONTROL, "public, max-age=300")], Json(state.signer.jwks()))
 }

@@ -31,11 +31,7 @@ pub struct LoginResponse {
 }
 
 fn invalid_credentials() -> ApiError {
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "invalid_credentials",
-        "Invalid credentials",
-    )
+    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "Invalid credentials")
 }
 
 pub async fn login(
@@ -50,65 +46,34 @@ pub async fn login(
     // Same answer and the same hashing work as any unknown email, but no
     // throttle record: no account can have such an email.
     if !request.email_is_plausible() {
-        state
-            .hasher
-            .verify(&request.password, None)
-            .await
-            .map_err(ApiError::internal)?;
-        audit::record(
-            &state.pool,
-            AuditEvent::LoginFailure,
-            None,
-            ip.as_deref(),
-            json!({"reason": "malformed_email"}),
-        )
-        .await;
+        state.hasher.verify(&request.password, None).await.map_err(ApiError::internal)?;
+        audit::record(&state.pool, AuditEvent::LoginFailure, None, ip.as_deref(), json!({"reason": "malformed_email"}))
+            .await;
         state.auth_metrics.login(LoginResult::Invalid);
         return Err(invalid_credentials());
     }
     let LoginRequest { email, password } = request;
 
-    if let Attempt::Refused { retry_after_secs } = throttle::begin_attempt(
-        &state.pool,
-        email.as_str(),
-        cfg.login_max_failures,
-        cfg.login_lockout_secs,
-    )
-    .await?
+    if let Attempt::Refused { retry_after_secs } =
+        throttle::begin_attempt(&state.pool, email.as_str(), cfg.login_max_failures, cfg.login_lockout_secs).await?
     {
-        tracing::warn!(
-            retry_after_secs,
-            "login refused: too many failures for this email"
-        );
+        tracing::warn!(retry_after_secs, "login refused: too many failures for this email");
         state.auth_metrics.login(LoginResult::Locked);
-        return Err(ApiError::too_many_requests(
-            "Too many failed login attempts, try again later",
-            retry_after_secs,
-        ));
+        return Err(ApiError::too_many_requests("Too many failed login attempts, try again later", retry_after_secs));
     }
 
-    let found = users::find_for_login(&state.pool, email.as_str())
-        .await
-        .map_err(store_error)?;
+    let found = users::find_for_login(&state.pool, email.as_str()).await.map_err(store_error)?;
     let (user, hash) = match found {
         Some((user, hash)) => (Some(user), Some(hash)),
         None => (None, None),
     };
-    let matched = state
-        .hasher
-        .verify(&password, hash.as_deref())
-        .await
-        .map_err(ApiError::internal)?;
+    let matched = state.hasher.verify(&password, hash.as_deref()).await.map_err(ApiError::internal)?;
 
     let user = match user {
         Some(user) if matched => user,
         user => {
             let user_id = user.as_ref().map(|u| u.id);
-            let reason = if user_id.is_some() {
-                "wrong_password"
-            } else {
-                "unknown_email"
-            };
+            let reason = if user_id.is_some() { "wrong_password" } else { "unknown_email" };
             let locked = throttle::lock_if_exhausted(
                 &state.pool,
                 email.as_str(),
@@ -145,11 +110,7 @@ pub async fn login(
     // A crash during registration can leave a user without a wallet; wallet
     // creation is idempotent, so finishing it here is safe.
     if !user.wallet_created {
-        if let Err(e) = state
-            .wallet
-            .create_wallet(user.id, &user.name, &correlation_id)
-            .await
-        {
+        if let Err(e) = state.wallet.create_wallet(user.id, &user.name, &correlation_id).await {
             tracing::error!(error = %e, user_id = %user.id, "wallet creation failed during login");
             return Err(ApiError::unavailable("Login temporarily unavailable"));
         }
@@ -159,14 +120,7 @@ pub async fn login(
 
     users::record_login(&state.pool, user.id).await?;
     let tokens = open_session(&state, user.id, &user.email, user.role).await?;
-    audit::record(
-        &state.pool,
-        AuditEvent::LoginSuccess,
-        Some(user.id),
-        ip.as_deref(),
-        json!({}),
-    )
-    .await;
+    audit::record(&state.pool, AuditEvent::LoginSuccess, Some(user.id), ip.as_deref(), json!({})).await;
     state.auth_metrics.login(LoginResult::Success);
 
     Ok(Json(LoginResponse {

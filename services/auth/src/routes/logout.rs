@@ -36,25 +36,18 @@ pub async fn logout(
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.as_str()),
         Some(_) => {
-            return Err(ApiError::validation(vec![FieldError::new(
-                "refreshToken",
-                "must be a string",
-            )]));
+            return Err(ApiError::validation(vec![FieldError::new("refreshToken", "must be a string")]));
         }
     };
 
     let mut families = Vec::new();
-    if let Some(f) =
-        sessions::family_of_access_token(&state.pool, caller.jti, caller.user_id).await?
-    {
+    if let Some(f) = sessions::family_of_access_token(&state.pool, caller.jti, caller.user_id).await? {
         families.push(f);
     }
     let mut refresh_token_ignored = false;
     if let Some(token) = presented {
         let family = match tokens::hash_presented(token) {
-            Some(hash) => {
-                sessions::family_of_refresh_token(&state.pool, &hash, caller.user_id).await?
-            }
+            Some(hash) => sessions::family_of_refresh_token(&state.pool, &hash, caller.user_id).await?,
             None => None,
         };
         match family {
@@ -67,29 +60,15 @@ pub async fn logout(
     let mut live = Vec::new();
     for family in &families {
         live.extend(
-            sessions::revoke_family(
-                &state.pool,
-                *family,
-                RevokeReason::Logout,
-                state.config.access_token_ttl_secs,
-            )
-            .await?,
+            sessions::revoke_family(&state.pool, *family, RevokeReason::Logout, state.config.access_token_ttl_secs)
+                .await?,
         );
     }
 
     let now = chrono::Utc::now().timestamp();
-    let own_ttl = u64::try_from(
-        caller
-            .exp
-            .saturating_sub(now)
-            .saturating_add(VERIFY_LEEWAY_SECS),
-    )
-    .unwrap_or(1);
+    let own_ttl = u64::try_from(caller.exp.saturating_sub(now).saturating_add(VERIFY_LEEWAY_SECS)).unwrap_or(1);
     let listed = async {
-        state
-            .revocations
-            .revoke(&caller.jti.to_string(), own_ttl)
-            .await?;
+        state.revocations.revoke(&caller.jti.to_string(), own_ttl).await?;
         push_revocations(&state, &live).await
     }
     .await;

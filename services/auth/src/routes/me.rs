@@ -24,10 +24,8 @@ pub struct MeResponse {
 
 pub async fn me(State(state): State<AppState>, caller: AuthUser) -> ApiResult<Json<MeResponse>> {
     // A valid token of a deleted user is as good as revoked.
-    let user = users::find(&state.pool, caller.user_id)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(ApiError::invalid_token)?;
+    let user =
+        users::find(&state.pool, caller.user_id).await.map_err(store_error)?.ok_or_else(ApiError::invalid_token)?;
     Ok(Json(MeResponse {
         id: user.id,
         email: user.email.as_str().to_string(),

@@ -27,10 +27,7 @@ const VERIFY_LEEWAY_SECS: i64 = 5;
 
 /// All auth routes with the common layers (health, metrics, errors, ids).
 pub fn router(state: AppState) -> Router {
-    let readiness = Readiness {
-        db: Some(state.pool.clone()),
-        redis: Some(state.redis.clone()),
-    };
+    let readiness = Readiness { db: Some(state.pool.clone()), redis: Some(state.redis.clone()) };
     let mut info = ServiceInfo::new(SERVICE_NAME, readiness);
     // One registry for the HTTP metrics and the auth counters.
     info.metrics = state.metrics.clone();
@@ -57,12 +54,7 @@ pub(crate) struct UserView {
 
 impl UserView {
     pub(crate) fn new(id: UserId, email: &Email, name: &UserName, role: Role) -> Self {
-        Self {
-            id,
-            email: email.as_str().to_string(),
-            name: name.as_str().to_string(),
-            role: role.as_str(),
-        }
+        Self { id, email: email.as_str().to_string(), name: name.as_str().to_string(), role: role.as_str() }
     }
 }
 
@@ -78,8 +70,7 @@ pub(crate) async fn open_session(
     email: &Email,
     role: Role,
 ) -> Result<TokenPair, ApiError> {
-    let issued =
-        sessions::start_family(&state.pool, user_id, state.config.refresh_token_ttl_secs).await?;
+    let issued = sessions::start_family(&state.pool, user_id, state.config.refresh_token_ttl_secs).await?;
     sign_pair(state, user_id, email, role, issued)
 }
 
@@ -93,42 +84,21 @@ pub(crate) fn sign_pair(
 ) -> Result<TokenPair, ApiError> {
     let ttl = i64::try_from(state.config.access_token_ttl_secs).map_err(ApiError::internal)?;
     let now = chrono::Utc::now().timestamp();
-    let claims = tokens::access_claims(
-        user_id,
-        email,
-        role,
-        issued.access_jti,
-        &state.config.claims,
-        now,
-        ttl,
-    );
+    let claims = tokens::access_claims(user_id, email, role, issued.access_jti, &state.config.claims, now, ttl);
     let access_token = state.signer.sign(&claims).map_err(ApiError::internal)?;
-    Ok(TokenPair {
-        access_token,
-        refresh_token: issued.refresh_token.into_string(),
-    })
+    Ok(TokenPair { access_token, refresh_token: issued.refresh_token.into_string() })
 }
 
 /// Puts access tokens on the shared revocation list (which the gateway reads)
 /// until they would have expired anyway.
-pub(crate) async fn push_revocations(
-    state: &AppState,
-    live: &[LiveAccessToken],
-) -> redis::RedisResult<()> {
+pub(crate) async fn push_revocations(state: &AppState, live: &[LiveAccessToken]) -> redis::RedisResult<()> {
     let ttl = i64::try_from(state.config.access_token_ttl_secs).unwrap_or(i64::MAX);
     let now = chrono::Utc::now().timestamp();
     for token in live {
-        let remaining = token
-            .issued_at
-            .timestamp()
-            .saturating_add(ttl)
-            .saturating_sub(now);
+        let remaining = token.issued_at.timestamp().saturating_add(ttl).saturating_sub(now);
         if remaining + VERIFY_LEEWAY_SECS > 0 {
             let secs = u64::try_from(remaining + VERIFY_LEEWAY_SECS).unwrap_or(1);
-            state
-                .revocations
-                .revoke(&token.jti.to_string(), secs)
-                .await?;
+            state.revocations.revoke(&token.jti.to_string(), secs).await?;
         }
     }
     Ok(())

@@ -29,29 +29,18 @@ pub async fn refresh(
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> ApiResult<Json<RefreshResponse>> {
     let mut errors = Vec::new();
-    let presented =
-        field(&body, "refreshToken", &mut errors).ok_or_else(|| ApiError::validation(errors))?;
+    let presented = field(&body, "refreshToken", &mut errors).ok_or_else(|| ApiError::validation(errors))?;
 
     let Some(hash) = tokens::hash_presented(presented) else {
         state.auth_metrics.refresh(RefreshResult::Invalid);
         return Err(ApiError::invalid_token());
     };
     let cfg = &state.config;
-    let rotation = sessions::rotate(
-        &state.pool,
-        &hash,
-        cfg.refresh_token_ttl_secs,
-        cfg.access_token_ttl_secs,
-    )
-    .await
-    .map_err(store_error)?;
+    let rotation = sessions::rotate(&state.pool, &hash, cfg.refresh_token_ttl_secs, cfg.access_token_ttl_secs)
+        .await
+        .map_err(store_error)?;
     match rotation {
-        Rotation::Rotated {
-            user_id,
-            email,
-            role,
-            issued,
-        } => {
+        Rotation::Rotated { user_id, email, role, issued } => {
             let family_id = issued.family_id;
             let pair = sign_pair(&state, user_id, &email, role, issued)?;
             audit::record(
@@ -63,16 +52,9 @@ pub async fn refresh(
             )
             .await;
             state.auth_metrics.refresh(RefreshResult::Success);
-            Ok(Json(RefreshResponse {
-                access_token: pair.access_token,
-                refresh_token: pair.refresh_token,
-            }))
+            Ok(Json(RefreshResponse { access_token: pair.access_token, refresh_token: pair.refresh_token }))
         }
-        Rotation::Reused {
-            user_id,
-            family_id,
-            live,
-        } => {
+        Rotation::Reused { user_id, family_id, live } => {
             // Either the client or a thief holds a stolen copy; ending the whole
             // session (including its access tokens) stops both.
             tracing::warn!(%user_id, %family_id, "rotated refresh token presented again: session revoked");

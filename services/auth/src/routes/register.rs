@@ -42,21 +42,13 @@ pub async fn register(
     Correlation(correlation_id): Correlation,
     ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> ApiResult<(StatusCode, Json<RegisterResponse>)> {
-    let Registration {
-        email,
-        password,
-        name,
-    } = Registration::from_json(&body).map_err(ApiError::validation)?;
+    let Registration { email, password, name } = Registration::from_json(&body).map_err(ApiError::validation)?;
 
     // Spares an argon2 hash on an obvious duplicate; not relied on for correctness.
     if users::email_taken(&state.pool, &email).await? {
         return Err(email_taken());
     }
-    let hash = state
-        .hasher
-        .hash(&password)
-        .await
-        .map_err(ApiError::internal)?;
+    let hash = state.hasher.hash(&password).await.map_err(ApiError::internal)?;
     let user_id = UserId::new();
     match users::insert(&state.pool, user_id, &email, &name, &hash).await {
         Ok(_) => {}
@@ -64,41 +56,25 @@ pub async fn register(
         Err(InsertError::Db(e)) => return Err(e.into()),
     }
 
-    if let Err(e) = state
-        .wallet
-        .create_wallet(user_id, &name, &correlation_id)
-        .await
-    {
+    if let Err(e) = state.wallet.create_wallet(user_id, &name, &correlation_id).await {
         tracing::error!(error = %e, %user_id, "wallet creation failed during registration");
         match users::delete_without_wallet(&state.pool, user_id).await {
             // Removed: the email is free again and the client can simply retry.
-            Ok(true) => {
-                return Err(ApiError::unavailable(
-                    "Registration temporarily unavailable",
-                ))
-            }
+            Ok(true) => return Err(ApiError::unavailable("Registration temporarily unavailable")),
             // A concurrent login created the wallet meanwhile: the account is complete.
             Ok(false) => {}
             Err(db) => {
                 // The user stays without a wallet; the next login creates it.
                 tracing::error!(error = %db, %user_id, "could not remove user after wallet failure");
-                return Err(ApiError::unavailable(
-                    "Registration temporarily unavailable",
-                ));
+                return Err(ApiError::unavailable("Registration temporarily unavailable"));
             }
         }
     }
     users::mark_wallet_created(&state.pool, user_id).await?;
 
     let tokens = open_session(&state, user_id, &email, Role::User).await?;
-    audit::record(
-        &state.pool,
-        AuditEvent::Register,
-        Some(user_id),
-        ip.as_deref(),
-        json!({"email": email.as_str()}),
-    )
-    .await;
+    audit::record(&state.pool, AuditEvent::Register, Some(user_id), ip.as_deref(), json!({"email": email.as_str()}))
+        .await;
     state.auth_metrics.registered();
     tracing::info!(%user_id, "user registered");
 

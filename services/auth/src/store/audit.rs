@@ -38,13 +38,14 @@ pub async fn record(
     ip: Option<&str>,
     detail: serde_json::Value,
 ) {
-    let res = sqlx::query("INSERT INTO auth.audit_log (user_id, event, ip, detail) VALUES ($1, $2, $3, $4::text::jsonb)")
-        .bind(user_id)
-        .bind(event.as_str())
-        .bind(ip)
-        .bind(detail.to_string())
-        .execute(pool)
-        .await;
+    let res =
+        sqlx::query("INSERT INTO auth.audit_log (user_id, event, ip, detail) VALUES ($1, $2, $3, $4::text::jsonb)")
+            .bind(user_id)
+            .bind(event.as_str())
+            .bind(ip)
+            .bind(detail.to_string())
+            .execute(pool)
+            .await;
     if let Err(e) = res {
         tracing::error!(error = %e, event = event.as_str(), "audit log write failed");
     }

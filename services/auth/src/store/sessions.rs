@@ -36,11 +36,7 @@ pub struct Issued {
 }
 
 /// Opens a new family (a login or a registration) with its first token.
-pub async fn start_family(
-    pool: &PgPool,
-    user_id: UserId,
-    refresh_ttl_secs: u64,
-) -> sqlx::Result<Issued> {
+pub async fn start_family(pool: &PgPool, user_id: UserId, refresh_ttl_secs: u64) -> sqlx::Result<Issued> {
     let family_id = Uuid::now_v7();
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO auth.refresh_token_families (id, user_id) VALUES ($1, $2)")
@@ -72,30 +68,17 @@ async fn insert_token(
     .bind(secs(refresh_ttl_secs))
     .execute(&mut **tx)
     .await?;
-    Ok(Issued {
-        family_id,
-        refresh_token,
-        access_jti,
-    })
+    Ok(Issued { family_id, refresh_token, access_jti })
 }
 
 /// The result of presenting a refresh token.
 #[derive(Debug)]
 pub enum Rotation {
     /// The token was live; it is now used and `issued` replaces it.
-    Rotated {
-        user_id: UserId,
-        email: Email,
-        role: Role,
-        issued: Issued,
-    },
+    Rotated { user_id: UserId, email: Email, role: Role, issued: Issued },
     /// The token had already been rotated: its family is now revoked, and
     /// `live` are the family's access tokens that may still be in use.
-    Reused {
-        user_id: UserId,
-        family_id: Uuid,
-        live: Vec<LiveAccessToken>,
-    },
+    Reused { user_id: UserId, family_id: Uuid, live: Vec<LiveAccessToken> },
     /// Unknown, expired, or of a revoked family.
     Invalid,
 }
@@ -140,37 +123,25 @@ pub async fn rotate(
         revoke_family_in(&mut tx, row.family_id, RevokeReason::Reuse).await?;
         let live = recent_access_tokens(&mut tx, row.family_id, access_ttl_secs).await?;
         tx.commit().await?;
-        return Ok(Rotation::Reused {
-            user_id: row.user_id,
-            family_id: row.family_id,
-            live,
-        });
+        return Ok(Rotation::Reused { user_id: row.user_id, family_id: row.family_id, live });
     }
     // Guarded even under the lock: a used token must never rotate twice.
-    let updated = sqlx::query(
-        "UPDATE auth.refresh_tokens SET used_at = now() WHERE token_hash = $1 AND used_at IS NULL",
-    )
-    .bind(hash.as_bytes())
-    .execute(&mut *tx)
-    .await?;
+    let updated =
+        sqlx::query("UPDATE auth.refresh_tokens SET used_at = now() WHERE token_hash = $1 AND used_at IS NULL")
+            .bind(hash.as_bytes())
+            .execute(&mut *tx)
+            .await?;
     if updated.rows_affected() != 1 {
         return Ok(Rotation::Invalid);
     }
-    let (email, role): (String, String) =
-        sqlx::query_as("SELECT email, role FROM auth.users WHERE id = $1")
-            .bind(row.user_id)
-            .fetch_one(&mut *tx)
-            .await?;
-    let role = Role::parse(&role)
-        .ok_or_else(|| anyhow::anyhow!("user {} has unknown role {role:?}", row.user_id))?;
+    let (email, role): (String, String) = sqlx::query_as("SELECT email, role FROM auth.users WHERE id = $1")
+        .bind(row.user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let role = Role::parse(&role).ok_or_else(|| anyhow::anyhow!("user {} has unknown role {role:?}", row.user_id))?;
     let issued = insert_token(&mut tx, row.family_id, row.user_id, refresh_ttl_secs).await?;
     tx.commit().await?;
-    Ok(Rotation::Rotated {
-        user_id: row.user_id,
-        email: Email::from_trusted(email),
-        role,
-        issued,
-    })
+    Ok(Rotation::Rotated { user_id: row.user_id, email: Email::from_trusted(email), role, issued })
 }
 
 /// An access token that may still be valid, to be put on the revocation list.
@@ -225,25 +196,16 @@ async fn recent_access_tokens(
     .bind(secs(access_ttl_secs + 60))
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(jti, issued_at)| LiveAccessToken { jti, issued_at })
-        .collect())
+    Ok(rows.into_iter().map(|(jti, issued_at)| LiveAccessToken { jti, issued_at }).collect())
 }
 
 /// The family that issued an access token, if it is the user's.
-pub async fn family_of_access_token(
-    pool: &PgPool,
-    jti: Uuid,
-    user_id: UserId,
-) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT family_id FROM auth.refresh_tokens WHERE access_jti = $1 AND user_id = $2",
-    )
-    .bind(jti)
-    .bind(user_id)
-    .fetch_optional(pool)
-    .await
+pub async fn family_of_access_token(pool: &PgPool, jti: Uuid, user_id: UserId) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar("SELECT family_id FROM auth.refresh_tokens WHERE access_jti = $1 AND user_id = $2")
+        .bind(jti)
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await
 }
 
 /// The family of a refresh token, if it is the user's.
@@ -252,13 +214,11 @@ pub async fn family_of_refresh_token(
     hash: &RefreshTokenHash,
     user_id: UserId,
 ) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar(
-        "SELECT family_id FROM auth.refresh_tokens WHERE token_hash = $1 AND user_id = $2",
-    )
-    .bind(hash.as_bytes())
-    .bind(user_id)
-    .fetch_optional(pool)
-    .await
+    sqlx::query_scalar("SELECT family_id FROM auth.refresh_tokens WHERE token_hash = $1 AND user_id = $2")
+        .bind(hash.as_bytes())
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await
 }
 
 /// Whether the session that issued this access token is still open. The

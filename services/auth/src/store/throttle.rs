@@ -21,12 +21,7 @@ pub enum Attempt {
 
 /// Counts one attempt. The count restarts once the window has passed and no
 /// lock is in force.
-pub async fn begin_attempt(
-    pool: &PgPool,
-    email: &str,
-    max_failures: u32,
-    window_secs: u64,
-) -> sqlx::Result<Attempt> {
+pub async fn begin_attempt(pool: &PgPool, email: &str, max_failures: u32, window_secs: u64) -> sqlx::Result<Attempt> {
     let (failures, locked_for, window_left): (i32, Option<i64>, i64) = sqlx::query_as(
         "INSERT INTO auth.login_throttle AS t (email, failures, window_started_at)
          VALUES ($1, 1, now())
@@ -55,14 +50,10 @@ pub async fn begin_attempt(
 /// The decision on the counters `begin_attempt` returns (pure, for tests).
 fn decide(failures: i32, locked_for: Option<i64>, window_left: i64, max_failures: u32) -> Attempt {
     if let Some(left) = locked_for {
-        return Attempt::Refused {
-            retry_after_secs: left.max(1) as u64,
-        };
+        return Attempt::Refused { retry_after_secs: left.max(1) as u64 };
     }
     if i64::from(failures) > i64::from(max_failures) {
-        return Attempt::Refused {
-            retry_after_secs: window_left.max(1) as u64,
-        };
+        return Attempt::Refused { retry_after_secs: window_left.max(1) as u64 };
     }
     Attempt::Allowed
 }
@@ -90,10 +81,7 @@ pub async fn lock_if_exhausted(
 
 /// A successful login clears the record.
 pub async fn reset(pool: &PgPool, email: &str) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM auth.login_throttle WHERE email = $1")
-        .bind(email)
-        .execute(pool)
-        .await?;
+    sqlx::query("DELETE FROM auth.login_throttle WHERE email = $1").bind(email).execute(pool).await?;
     Ok(())
 }
 
@@ -121,37 +109,17 @@ mod tests {
         for n in 1..=5 {
             assert_eq!(decide(n, None, 900, 5), Attempt::Allowed);
         }
-        assert_eq!(
-            decide(6, None, 300, 5),
-            Attempt::Refused {
-                retry_after_secs: 300
-            }
-        );
+        assert_eq!(decide(6, None, 300, 5), Attempt::Refused { retry_after_secs: 300 });
     }
 
     #[test]
     fn a_lock_wins_and_reports_its_remaining_time() {
-        assert_eq!(
-            decide(1, Some(42), 900, 5),
-            Attempt::Refused {
-                retry_after_secs: 42
-            }
-        );
-        assert_eq!(
-            decide(9, Some(0), 0, 5),
-            Attempt::Refused {
-                retry_after_secs: 1
-            }
-        );
+        assert_eq!(decide(1, Some(42), 900, 5), Attempt::Refused { retry_after_secs: 42 });
+        assert_eq!(decide(9, Some(0), 0, 5), Attempt::Refused { retry_after_secs: 1 });
     }
 
     #[test]
     fn retry_after_is_never_zero_or_negative() {
-        assert_eq!(
-            decide(7, None, -3, 5),
-            Attempt::Refused {
-                retry_after_secs: 1
-            }
-        );
+        assert_eq!(decide(7, None, -3, 5), Attempt::Refused { retry_after_secs: 1 });
     }
 }

@@ -33,8 +33,8 @@ impl TryFrom<UserRow> for User {
     type Error = anyhow::Error;
 
     fn try_from(r: UserRow) -> anyhow::Result<Self> {
-        let role = Role::parse(&r.role)
-            .ok_or_else(|| anyhow::anyhow!("user {} has unknown role {:?}", r.id, r.role))?;
+        let role =
+            Role::parse(&r.role).ok_or_else(|| anyhow::anyhow!("user {} has unknown role {:?}", r.id, r.role))?;
         Ok(Self {
             id: r.id,
             email: Email::from_trusted(r.email),
@@ -84,9 +84,7 @@ pub async fn insert(
     .await;
     match res {
         Ok(created_at) => Ok(created_at),
-        Err(sqlx::Error::Database(e))
-            if e.is_unique_violation() && e.constraint() == Some("users_email_key") =>
-        {
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() && e.constraint() == Some("users_email_key") => {
             Err(InsertError::EmailTaken)
         }
         Err(e) => Err(e.into()),
@@ -101,22 +99,18 @@ pub async fn find_for_login(pool: &PgPool, email: &str) -> anyhow::Result<Option
         user: UserRow,
         password_hash: String,
     }
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS}, password_hash FROM auth.users WHERE email = $1"
-    ))
-    .bind(email)
-    .fetch_optional(pool)
-    .await?;
-    row.map(|r| Ok((r.user.try_into()?, r.password_hash)))
-        .transpose()
+    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS}, password_hash FROM auth.users WHERE email = $1"))
+        .bind(email)
+        .fetch_optional(pool)
+        .await?;
+    row.map(|r| Ok((r.user.try_into()?, r.password_hash))).transpose()
 }
 
 pub async fn find(pool: &PgPool, id: UserId) -> anyhow::Result<Option<User>> {
-    let row: Option<UserRow> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM auth.users WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
+    let row: Option<UserRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM auth.users WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
     row.map(User::try_from).transpose()
 }
 
@@ -132,19 +126,14 @@ pub async fn mark_wallet_created(pool: &PgPool, id: UserId) -> sqlx::Result<()> 
 /// user still without a wallet is removed: if a concurrent login created the
 /// wallet meanwhile, the account is complete and stays. True when deleted.
 pub async fn delete_without_wallet(pool: &PgPool, id: UserId) -> sqlx::Result<bool> {
-    let res = sqlx::query("DELETE FROM auth.users WHERE id = $1 AND NOT wallet_created")
-        .bind(id)
-        .execute(pool)
-        .await?;
+    let res = sqlx::query("DELETE FROM auth.users WHERE id = $1 AND NOT wallet_created").bind(id).execute(pool).await?;
     Ok(res.rows_affected() == 1)
 }
 
 /// Stamps a successful login and returns its time.
 pub async fn record_login(pool: &PgPool, id: UserId) -> sqlx::Result<DateTime<Utc>> {
-    sqlx::query_scalar(
-        "UPDATE auth.users SET last_login_at = now() WHERE id = $1 RETURNING last_login_at",
-    )
-    .bind(id)
-    .fetch_one(pool)
-    .await
+    sqlx::query_scalar("UPDATE auth.users SET last_login_at = now() WHERE id = $1 RETURNING last_login_at")
+        .bind(id)
+        .fetch_one(pool)
+        .await
 }

@@ -6,35 +6,21 @@ use crate::harness::{get, Options, Stack};
 
 #[tokio::test]
 async fn rate_limits_answer_429_with_retry_after_per_client_address() {
-    let s = Stack::start_with(Options {
-        ip_per_minute: 5,
-        trusted_proxies: "127.0.0.1".into(),
-        ..Default::default()
-    })
-    .await;
+    let s = Stack::start_with(Options { ip_per_minute: 5, trusted_proxies: "127.0.0.1".into(), ..Default::default() })
+        .await;
     // A unique address per run, so parallel tests never share a bucket.
     let ip = format!("198.51.100.{}", rand_octet());
     let mut statuses = Vec::new();
     let mut last = None;
     for _ in 0..7 {
-        let res = s
-            .http
-            .get(s.url("/api/auth/me"))
-            .header("x-forwarded-for", &ip)
-            .send()
-            .await
-            .expect("call");
+        let res = s.http.get(s.url("/api/auth/me")).header("x-forwarded-for", &ip).send().await.expect("call");
         statuses.push(res.status().as_u16());
         last = Some(res);
     }
     assert_eq!(&statuses[..5], &[401; 5], "{statuses:?}");
     assert_eq!(statuses[6], 429, "{statuses:?}");
     let res = last.expect("response");
-    let retry: u64 = res.headers()["retry-after"]
-        .to_str()
-        .expect("ascii")
-        .parse()
-        .expect("seconds");
+    let retry: u64 = res.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
     assert!((1..=60).contains(&retry));
     let body: serde_json::Value = res.json().await.expect("json");
     assert_eq!(body["error"], "Too many requests");
@@ -42,31 +28,17 @@ async fn rate_limits_answer_429_with_retry_after_per_client_address() {
 
     // Another client address has its own bucket.
     let other = format!("203.0.113.{}", rand_octet());
-    let res = s
-        .http
-        .get(s.url("/api/auth/me"))
-        .header("x-forwarded-for", other)
-        .send()
-        .await
-        .expect("call");
+    let res = s.http.get(s.url("/api/auth/me")).header("x-forwarded-for", other).send().await.expect("call");
     assert_eq!(res.status(), 401);
 }
 
 #[tokio::test]
 async fn per_user_limit_applies_to_authenticated_calls() {
-    let s = Stack::start_with(Options {
-        user_per_minute: 3,
-        ..Default::default()
-    })
-    .await;
+    let s = Stack::start_with(Options { user_per_minute: 3, ..Default::default() }).await;
     let u = s.register().await;
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        statuses.push(
-            get(&s, &format!("/api/wallets/{}", u.id), &u.access)
-                .await
-                .0,
-        );
+        statuses.push(get(&s, &format!("/api/wallets/{}", u.id), &u.access).await.0);
     }
     assert_eq!(statuses, vec![200, 200, 200, 429, 429]);
 }
@@ -77,11 +49,7 @@ fn rand_octet() -> u8 {
 
 #[tokio::test]
 async fn an_unreachable_upstream_gives_a_fast_503_and_opens_the_breaker() {
-    let s = Stack::start_with(Options {
-        wallet_down: true,
-        ..Default::default()
-    })
-    .await;
+    let s = Stack::start_with(Options { wallet_down: true, ..Default::default() }).await;
     let u = s.register().await;
     for _ in 0..5 {
         let started = Instant::now();
@@ -102,38 +70,17 @@ async fn cors_preflight_allows_configured_origins_only() {
             .request(reqwest::Method::OPTIONS, s.url("/api/transactions"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header(
-                "access-control-request-headers",
-                "authorization,content-type,idempotency-key",
-            )
+            .header("access-control-request-headers", "authorization,content-type,idempotency-key")
             .send()
     };
     let ok = preflight("http://localhost:3000").await.expect("preflight");
-    assert_eq!(
-        ok.headers()["access-control-allow-origin"],
-        "http://localhost:3000"
-    );
-    let allowed = ok.headers()["access-control-allow-headers"]
-        .to_str()
-        .expect("ascii")
-        .to_lowercase();
-    assert!(
-        allowed.contains("idempotency-key") && allowed.contains("authorization"),
-        "{allowed}"
-    );
+    assert_eq!(ok.headers()["access-control-allow-origin"], "http://localhost:3000");
+    let allowed = ok.headers()["access-control-allow-headers"].to_str().expect("ascii").to_lowercase();
+    assert!(allowed.contains("idempotency-key") && allowed.contains("authorization"), "{allowed}");
     let bad = preflight("http://evil.example").await.expect("preflight");
     assert!(bad.headers().get("access-control-allow-origin").is_none());
 
-    let res = s
-        .http
-        .get(s.url("/health"))
-        .header("origin", "http://localhost:8080")
-        .send()
-        .await
-        .expect("get");
-    assert_eq!(
-        res.headers()["access-control-allow-origin"],
-        "http://localhost:8080"
-    );
+    let res = s.http.get(s.url("/health")).header("origin", "http://localhost:8080").send().await.expect("get");
+    assert_eq!(res.headers()["access-control-allow-origin"], "http://localhost:8080");
     let _ = json!({});
 }

@@ -15,6 +15,11 @@ pub fn database_url() -> String {
         .expect("PAYFLOW_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh")
 }
 
+pub fn amqp_url() -> String {
+    std::env::var("PAYFLOW_TEST_AMQP_URL")
+        .expect("PAYFLOW_TEST_AMQP_URL is not set: run the tests with scripts/test.sh")
+}
+
 pub fn redis_url() -> String {
     std::env::var("PAYFLOW_TEST_REDIS_URL")
         .expect("PAYFLOW_TEST_REDIS_URL is not set: run the tests with scripts/test.sh")
@@ -27,11 +32,8 @@ struct Component<T: Args> {
 }
 
 fn component<T: Args>(flags: &[(&str, String)]) -> T {
-    let argv =
-        std::iter::once("test".to_string()).chain(flags.iter().map(|(k, v)| format!("--{k}={v}")));
-    Component::<T>::try_parse_from(argv)
-        .expect("valid test configuration")
-        .cfg
+    let argv = std::iter::once("test".to_string()).chain(flags.iter().map(|(k, v)| format!("--{k}={v}")));
+    Component::<T>::try_parse_from(argv).expect("valid test configuration").cfg
 }
 
 /// Knobs a test may turn.
@@ -44,6 +46,9 @@ pub struct Options {
     pub login_max_failures: u32,
     /// Point the gateway's wallet upstream at a closed port.
     pub wallet_down: bool,
+    /// Run an in-process worker.
+    pub worker: bool,
+    pub pending_timeout_secs: u64,
 }
 
 impl Default for Options {
@@ -56,12 +61,17 @@ impl Default for Options {
             trusted_proxies: String::new(),
             login_max_failures: 5,
             wallet_down: false,
+            worker: true,
+            pending_timeout_secs: 60,
         }
     }
 }
 
 pub struct Stack {
     pub gateway: String,
+    pub transaction: String,
+    /// This stack's own exchange and queue names.
+    pub amqp_prefix: String,
     pub auth: String,
     pub wallet: String,
     pub service_token: String,
@@ -70,6 +80,9 @@ pub struct Stack {
     pub pool: PgPool,
     pub http: reqwest::Client,
     cancel: CancellationToken,
+    /// To start more workers (in-process or as processes).
+    pub worker_cfg: payflow_transaction::WorkerConfig,
+    pub reversal_wallet: payflow_transaction::config::WalletArgs,
 }
 
 impl Drop for Stack {
@@ -79,9 +92,7 @@ impl Drop for Stack {
 }
 
 async fn listener() -> (TcpListener, String) {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind a free port");
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
     let url = format!("http://{}", l.local_addr().expect("local addr"));
     (l, url)
 }
@@ -92,6 +103,10 @@ impl Stack {
     }
 
     pub async fn start_with(o: Options) -> Self {
+        if std::env::var_os("PAYFLOW_LOG").is_none() {
+            // Quiet by default: shutdown of many stacks makes lapin chatty.
+            std::env::set_var("PAYFLOW_LOG", "warn,lapin=off,pinky_swear=off,sqlx=error");
+        }
         payflow_common::telemetry::init();
         let db = database_url();
         let pool = sqlx::postgres::PgPoolOptions::new()
@@ -100,14 +115,17 @@ impl Stack {
             .await
             .expect("connect to the test database");
         payflow_auth::migrate(&pool).await.expect("auth migrations");
-        payflow_wallet::migrate(&pool)
-            .await
-            .expect("wallet migrations");
+        payflow_wallet::migrate(&pool).await.expect("wallet migrations");
+        payflow_transaction::migrate(&pool).await.expect("transaction migrations");
 
         let (auth_l, auth) = listener().await;
         let (wallet_l, wallet) = listener().await;
+        let wallet_for_reversal = wallet.clone();
         let (gateway_l, gateway) = listener().await;
+        let (transaction_l, transaction) = listener().await;
+        let amqp_prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let service_token = format!("test-{}", uuid::Uuid::new_v4());
+        let token_for_reversal = service_token.clone();
         let pem = JwtSigner::generate_pem().expect("key");
         let signer = JwtSigner::from_pem(&pem).expect("key");
         let jwks = format!("{auth}/.well-known/jwks.json");
@@ -128,16 +146,24 @@ impl Stack {
             ("jwks-url", jwks.clone()),
             ("db-max-connections", "30".into()),
         ]);
-        let wallet_upstream = if o.wallet_down {
-            "http://127.0.0.1:9".to_string()
-        } else {
-            wallet.clone()
-        };
+        let amqp = [("amqp-url", amqp_url()), ("amqp-prefix", amqp_prefix.clone())];
+        let to_wallet = [("wallet-url", wallet.clone()), ("service-token", service_token.clone())];
+        let mut txn_flags = vec![("database-url", db.clone()), ("jwks-url", jwks.clone())];
+        txn_flags.extend(amqp.clone());
+        txn_flags.extend(to_wallet.clone());
+        txn_flags.push(("pending-timeout-secs", o.pending_timeout_secs.to_string()));
+        let txn_cfg: payflow_transaction::Config = component(&txn_flags);
+        let mut worker_flags = vec![("database-url", db.clone()), ("worker-port", "0".into())];
+        worker_flags.extend(amqp.clone());
+        worker_flags.extend(to_wallet.clone());
+        let worker_cfg: payflow_transaction::WorkerConfig = component(&worker_flags);
+        let wallet_upstream = if o.wallet_down { "http://127.0.0.1:9".to_string() } else { wallet.clone() };
         let mut gateway_flags = vec![
             ("redis-url", redis_url()),
             ("jwks-url", jwks),
             ("auth-url", auth.clone()),
             ("wallet-url", wallet_upstream),
+            ("transaction-url", transaction.clone()),
             ("rate-limit-ip-per-minute", o.ip_per_minute.to_string()),
             ("rate-limit-user-per-minute", o.user_per_minute.to_string()),
             ("rate-limit-auth-per-minute", o.auth_per_minute.to_string()),
@@ -149,35 +175,28 @@ impl Stack {
         }
         let gateway_cfg: payflow_gateway::Config = component(&gateway_flags);
 
-        let auth_router = payflow_auth::router(
-            payflow_auth::AppState::new(&auth_cfg)
-                .await
-                .expect("auth state"),
-        );
-        let wallet_router = payflow_wallet::router(
-            payflow_wallet::AppState::new(&wallet_cfg)
-                .await
-                .expect("wallet state"),
-        );
-        let gateway_router = payflow_gateway::router(
-            payflow_gateway::AppState::new(&gateway_cfg)
-                .await
-                .expect("gateway state"),
-        );
-        for (l, r) in [
-            (auth_l, auth_router),
-            (wallet_l, wallet_router),
-            (gateway_l, gateway_router),
-        ] {
+        let auth_router = payflow_auth::router(payflow_auth::AppState::new(&auth_cfg).await.expect("auth state"));
+        let wallet_router =
+            payflow_wallet::router(payflow_wallet::AppState::new(&wallet_cfg).await.expect("wallet state"));
+        let gateway_router =
+            payflow_gateway::router(payflow_gateway::AppState::new(&gateway_cfg).await.expect("gateway state"));
+        let txn_state = payflow_transaction::AppState::new(&txn_cfg).await.expect("transaction state");
+        payflow_transaction::spawn_background(&txn_state, &txn_cfg, &cancel).expect("relay");
+        let txn_router = payflow_transaction::router(txn_state);
+        if o.worker {
+            tokio::spawn(payflow_transaction::worker::run(worker_cfg.clone(), cancel.clone()));
+        }
+        for (l, r) in
+            [(auth_l, auth_router), (wallet_l, wallet_router), (gateway_l, gateway_router), (transaction_l, txn_router)]
+        {
             let c = cancel.clone();
             tokio::spawn(async move { payflow_common::server::serve(l, r, c).await });
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
         let stack = Stack {
             gateway,
+            transaction,
+            amqp_prefix,
             auth,
             wallet,
             service_token,
@@ -185,6 +204,12 @@ impl Stack {
             pool,
             http,
             cancel,
+            worker_cfg,
+            reversal_wallet: payflow_transaction::config::WalletArgs {
+                wallet_url: wallet_for_reversal,
+                service_token: payflow_common::config::ServiceTokenArgs { service_token: token_for_reversal },
+                pending_timeout_secs: o.pending_timeout_secs,
+            },
         };
         stack.wait_ready().await;
         stack
@@ -192,14 +217,9 @@ impl Stack {
 
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        for base in [&self.auth, &self.wallet, &self.gateway] {
+        for base in [&self.auth, &self.wallet, &self.gateway, &self.transaction] {
             loop {
-                let ok = self
-                    .http
-                    .get(format!("{base}/readyz"))
-                    .send()
-                    .await
-                    .map(|r| r.status() == 200);
+                let ok = self.http.get(format!("{base}/readyz")).send().await.map(|r| r.status() == 200);
                 if matches!(ok, Ok(true)) {
                     break;
                 }
@@ -230,24 +250,13 @@ impl Stack {
             id: body["userId"].as_str().expect("userId").to_string(),
             email,
             password,
-            access: body["accessToken"]
-                .as_str()
-                .expect("accessToken")
-                .to_string(),
-            refresh: body["refreshToken"]
-                .as_str()
-                .expect("refreshToken")
-                .to_string(),
+            access: body["accessToken"].as_str().expect("accessToken").to_string(),
+            refresh: body["refreshToken"].as_str().expect("refreshToken").to_string(),
         }
     }
 
     /// Calls a wallet internal endpoint with the service credential.
-    pub async fn internal(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
+    pub async fn internal(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut req = self
             .http
             .request(method, format!("{}{}", self.wallet, path))
@@ -261,14 +270,8 @@ impl Stack {
     }
 
     pub async fn assert_ledger_ok(&self) {
-        let report = payflow_wallet::ledger_check(&self.pool)
-            .await
-            .expect("ledger check runs");
-        assert!(
-            report.is_ok(),
-            "ledger check failed: {:#?}",
-            report.problems
-        );
+        let report = payflow_wallet::ledger_check(&self.pool).await.expect("ledger check runs");
+        assert!(report.is_ok(), "ledger check failed: {:#?}", report.problems);
     }
 }
 
@@ -282,13 +285,7 @@ pub struct User {
 
 /// GET with a bearer token, returning status, headers and JSON body.
 pub async fn get(stack: &Stack, path: &str, token: &str) -> (u16, Value) {
-    let res = stack
-        .http
-        .get(stack.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("request");
+    let res = stack.http.get(stack.url(path)).bearer_auth(token).send().await.expect("request");
     let status = res.status().as_u16();
     (status, res.json().await.unwrap_or(Value::Null))
 }

@@ -3,6 +3,7 @@
 mod harness;
 
 mod gateway;
+mod payments;
 mod registration;
 mod story;
 mod tokens;

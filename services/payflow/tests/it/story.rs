@@ -16,24 +16,12 @@ async fn the_whole_story_through_the_gateway() {
     assert_eq!(wallet["currency"], "USD");
     assert_eq!(wallet["user_id"], u.id.as_str());
 
-    let (status, login) = post(
-        &s,
-        "/api/auth/login",
-        None,
-        json!({"email": u.email, "password": u.password}),
-    )
-    .await;
+    let (status, login) = post(&s, "/api/auth/login", None, json!({"email": u.email, "password": u.password})).await;
     assert_eq!(status, 200, "{login}");
     assert_eq!(login["message"], "Login successful");
     assert_eq!(login["user"]["id"], u.id.as_str());
-    let access = login["accessToken"]
-        .as_str()
-        .expect("accessToken")
-        .to_string();
-    let refresh = login["refreshToken"]
-        .as_str()
-        .expect("refreshToken")
-        .to_string();
+    let access = login["accessToken"].as_str().expect("accessToken").to_string();
+    let refresh = login["refreshToken"].as_str().expect("refreshToken").to_string();
 
     let (status, me) = get(&s, "/api/auth/me", &access).await;
     assert_eq!(status, 200, "{me}");
@@ -41,22 +29,10 @@ async fn the_whole_story_through_the_gateway() {
     assert_eq!(me["role"], "user");
     assert!(me["last_login_at"].is_string(), "{me}");
 
-    let (status, rotated) = post(
-        &s,
-        "/api/auth/refresh",
-        None,
-        json!({"refreshToken": refresh}),
-    )
-    .await;
+    let (status, rotated) = post(&s, "/api/auth/refresh", None, json!({"refreshToken": refresh})).await;
     assert_eq!(status, 200, "{rotated}");
-    let new_access = rotated["accessToken"]
-        .as_str()
-        .expect("accessToken")
-        .to_string();
-    let new_refresh = rotated["refreshToken"]
-        .as_str()
-        .expect("refreshToken")
-        .to_string();
+    let new_access = rotated["accessToken"].as_str().expect("accessToken").to_string();
+    let new_refresh = rotated["refreshToken"].as_str().expect("refreshToken").to_string();
     assert_ne!(new_refresh, refresh);
 
     let (status, _) = post(&s, "/api/auth/me", None, json!({})).await;
@@ -64,32 +40,14 @@ async fn the_whole_story_through_the_gateway() {
     let (status, me) = get(&s, "/api/auth/me", &new_access).await;
     assert_eq!(status, 200, "the rotated access token works: {me}");
 
-    let (status, _) = post(
-        &s,
-        "/api/auth/refresh",
-        None,
-        json!({"refreshToken": refresh}),
-    )
-    .await;
+    let (status, _) = post(&s, "/api/auth/refresh", None, json!({"refreshToken": refresh})).await;
     assert_eq!(status, 401, "the rotated refresh token must stop working");
     // Presenting it again is reuse: the whole login session is revoked.
-    let (status, _) = post(
-        &s,
-        "/api/auth/refresh",
-        None,
-        json!({"refreshToken": new_refresh}),
-    )
-    .await;
+    let (status, _) = post(&s, "/api/auth/refresh", None, json!({"refreshToken": new_refresh})).await;
     assert_eq!(status, 401, "reuse revokes the family");
 
     // The registration session is separate and still alive: log it out.
-    let (status, out) = post(
-        &s,
-        "/api/auth/logout",
-        Some(&u.access),
-        json!({"refreshToken": u.refresh}),
-    )
-    .await;
+    let (status, out) = post(&s, "/api/auth/logout", Some(&u.access), json!({"refreshToken": u.refresh})).await;
     assert_eq!(status, 200, "{out}");
     assert_eq!(out["message"], "Logout successful");
 
@@ -97,13 +55,7 @@ async fn the_whole_story_through_the_gateway() {
     assert_eq!(status, 401, "a logged-out token must be refused: {body}");
     let (status, _) = get(&s, &format!("/api/wallets/{}", u.id), &u.access).await;
     assert_eq!(status, 401);
-    let (status, _) = post(
-        &s,
-        "/api/auth/refresh",
-        None,
-        json!({"refreshToken": u.refresh}),
-    )
-    .await;
+    let (status, _) = post(&s, "/api/auth/refresh", None, json!({"refreshToken": u.refresh})).await;
     assert_eq!(status, 401, "logout revokes the refresh token too");
     s.assert_ledger_ok().await;
 }
@@ -120,42 +72,18 @@ async fn health_and_not_found_answer_json() {
         assert_eq!(body["service"], "api-gateway");
         assert!(body["timestamp"].is_string() && body["version"].is_string());
     }
-    let res = s
-        .http
-        .get(s.url("/api/nothing-here"))
-        .send()
-        .await
-        .expect("404");
+    let res = s.http.get(s.url("/api/nothing-here")).send().await.expect("404");
     assert_eq!(res.status(), 404);
     let body: serde_json::Value = res.json().await.expect("json");
     assert_eq!(body["error"], "Route not found");
 
     // Internal routes are never reachable through the gateway.
-    let res = s
-        .http
-        .post(s.url("/internal/wallets"))
-        .send()
-        .await
-        .expect("404");
+    let res = s.http.post(s.url("/internal/wallets")).send().await.expect("404");
     assert_eq!(res.status(), 404);
 
-    let res = s
-        .http
-        .get(s.url("/health"))
-        .header("x-correlation-id", "abc-123")
-        .send()
-        .await
-        .expect("health");
+    let res = s.http.get(s.url("/health")).header("x-correlation-id", "abc-123").send().await.expect("health");
     assert_eq!(res.headers()["x-correlation-id"], "abc-123");
 
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.http.get(s.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("payflow_http_requests_total"), "{metrics}");
 }

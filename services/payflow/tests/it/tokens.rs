@@ -26,39 +26,15 @@ fn claims(user: &str) -> AccessClaims {
 async fn reuse_of_a_rotated_refresh_token_revokes_the_family() {
     let s = Stack::start().await;
     let u = s.register().await;
-    let (status, first) = post(
-        &s,
-        "/api/auth/refresh",
-        None,
-        json!({"refreshToken": u.refresh}),
-    )
-    .await;
+    let (status, first) = post(&s, "/api/auth/refresh", None, json!({"refreshToken": u.refresh})).await;
     assert_eq!(status, 200);
-    let current = first["refreshToken"]
-        .as_str()
-        .expect("refreshToken")
-        .to_string();
+    let current = first["refreshToken"].as_str().expect("refreshToken").to_string();
 
     // The thief replays the old token: refused, and the family dies.
-    let (status, _) = post(
-        &s,
-        "/api/auth/refresh",
-        None,
-        json!({"refreshToken": u.refresh}),
-    )
-    .await;
+    let (status, _) = post(&s, "/api/auth/refresh", None, json!({"refreshToken": u.refresh})).await;
     assert_eq!(status, 401);
-    let (status, _) = post(
-        &s,
-        "/api/auth/refresh",
-        None,
-        json!({"refreshToken": current}),
-    )
-    .await;
-    assert_eq!(
-        status, 401,
-        "the newest token of a revoked family must stop working too"
-    );
+    let (status, _) = post(&s, "/api/auth/refresh", None, json!({"refreshToken": current})).await;
+    assert_eq!(status, 401, "the newest token of a revoked family must stop working too");
 }
 
 #[tokio::test]
@@ -71,109 +47,58 @@ async fn forged_and_misused_tokens_get_401() {
     assert_eq!(get(&s, &me, &u.refresh).await.0, 401);
 
     // Sanity: a token signed with auth's key and right claims works.
-    assert_eq!(
-        get(&s, &me, &s.signer.sign(&claims(&u.id)).expect("sign"))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(get(&s, &me, &s.signer.sign(&claims(&u.id)).expect("sign")).await.0, 200);
 
     // alg: none, with a valid payload.
     let valid = s.signer.sign(&claims(&u.id)).expect("sign");
     let payload = valid.split('.').nth(1).expect("payload");
-    let none = format!(
-        "{}.{}.",
-        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
-        payload
-    );
+    let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#), payload);
     assert_eq!(get(&s, &me, &none).await.0, 401, "alg none");
 
     // Another key, with an unknown kid and with auth's own kid.
     let stranger = JwtSigner::generate().expect("key");
-    assert_eq!(
-        get(&s, &me, &stranger.sign(&claims(&u.id)).expect("sign"))
-            .await
-            .0,
-        401,
-        "unknown kid"
-    );
+    assert_eq!(get(&s, &me, &stranger.sign(&claims(&u.id)).expect("sign")).await.0, 401, "unknown kid");
     let pem = JwtSigner::generate_pem().expect("pem");
     let der = base64::engine::general_purpose::STANDARD
-        .decode(
-            pem.lines()
-                .filter(|l| !l.starts_with("-----"))
-                .collect::<String>(),
-        )
+        .decode(pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>())
         .expect("der");
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     header.kid = Some(s.signer.kid().to_string());
-    let forged = jsonwebtoken::encode(
-        &header,
-        &claims(&u.id),
-        &jsonwebtoken::EncodingKey::from_ed_der(&der),
-    )
-    .expect("forge");
+    let forged =
+        jsonwebtoken::encode(&header, &claims(&u.id), &jsonwebtoken::EncodingKey::from_ed_der(&der)).expect("forge");
     assert_eq!(get(&s, &me, &forged).await.0, 401, "right kid, wrong key");
 
     let mut c = claims(&u.id);
     c.aud = "another-api".into();
-    assert_eq!(
-        get(&s, &me, &s.signer.sign(&c).expect("sign")).await.0,
-        401,
-        "wrong audience"
-    );
+    assert_eq!(get(&s, &me, &s.signer.sign(&c).expect("sign")).await.0, 401, "wrong audience");
 
     let mut c = claims(&u.id);
     c.iss = "someone-else".into();
-    assert_eq!(
-        get(&s, &me, &s.signer.sign(&c).expect("sign")).await.0,
-        401,
-        "wrong issuer"
-    );
+    assert_eq!(get(&s, &me, &s.signer.sign(&c).expect("sign")).await.0, 401, "wrong issuer");
 
     let mut c = claims(&u.id);
     c.exp = chrono::Utc::now().timestamp() - 120;
-    assert_eq!(
-        get(&s, &me, &s.signer.sign(&c).expect("sign")).await.0,
-        401,
-        "expired"
-    );
+    assert_eq!(get(&s, &me, &s.signer.sign(&c).expect("sign")).await.0, 401, "expired");
 
     let mut c = claims(&u.id);
     c.nbf = chrono::Utc::now().timestamp() + 600;
-    assert_eq!(
-        get(&s, &me, &s.signer.sign(&c).expect("sign")).await.0,
-        401,
-        "not yet valid"
-    );
+    assert_eq!(get(&s, &me, &s.signer.sign(&c).expect("sign")).await.0, 401, "not yet valid");
 
     let res = s.http.get(s.url(&me)).send().await.expect("request");
     assert_eq!(res.status(), 401);
     let body: serde_json::Value = res.json().await.expect("json");
     assert_eq!(body["error"], "Authentication required");
     let (status, body) = get(&s, &me, "garbage").await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (401, Some("Invalid or expired token"))
-    );
+    assert_eq!((status, body["error"].as_str()), (401, Some("Invalid or expired token")));
 }
 
 #[tokio::test]
 async fn repeated_login_failures_lock_temporarily() {
-    let s = Stack::start_with(crate::harness::Options {
-        login_max_failures: 3,
-        ..Default::default()
-    })
-    .await;
+    let s = Stack::start_with(crate::harness::Options { login_max_failures: 3, ..Default::default() }).await;
     let u = s.register().await;
     for _ in 0..3 {
-        let (status, body) = post(
-            &s,
-            "/api/auth/login",
-            None,
-            json!({"email": u.email, "password": "Wrong-passw0rd"}),
-        )
-        .await;
+        let (status, body) =
+            post(&s, "/api/auth/login", None, json!({"email": u.email, "password": "Wrong-passw0rd"})).await;
         assert_eq!(status, 401, "{body}");
         assert_eq!(body["error"], "Invalid credentials");
     }
@@ -184,23 +109,12 @@ async fn repeated_login_failures_lock_temporarily() {
         .send()
         .await
         .expect("login");
-    assert!(
-        res.status() == 429 || res.status() == 423,
-        "locked: {}",
-        res.status()
-    );
+    assert!(res.status() == 429 || res.status() == 423, "locked: {}", res.status());
     assert!(res.headers().contains_key("retry-after"));
 
     // Unknown users answer exactly like wrong passwords.
-    let (status, body) = post(
-        &s,
-        "/api/auth/login",
-        None,
-        json!({"email": "nobody-here@example.com", "password": "Wrong-passw0rd"}),
-    )
-    .await;
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (401, Some("Invalid credentials"))
-    );
+    let (status, body) =
+        post(&s, "/api/auth/login", None, json!({"email": "nobody-here@example.com", "password": "Wrong-passw0rd"}))
+            .await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("Invalid credentials")));
 }

@@ -5,11 +5,7 @@ use crate::harness::{get, post, Stack};
 fn paths(body: &Value) -> Vec<String> {
     body["details"]
         .as_array()
-        .map(|d| {
-            d.iter()
-                .filter_map(|e| e["path"].as_str().map(String::from))
-                .collect()
-        })
+        .map(|d| d.iter().filter_map(|e| e["path"].as_str().map(String::from)).collect())
         .unwrap_or_default()
 }
 
@@ -20,30 +16,17 @@ async fn another_users_wallet_is_forbidden() {
     let b = s.register().await;
     let (status, body) = get(&s, &format!("/api/wallets/{}", b.id), &a.access).await;
     assert_eq!(status, 403, "{body}");
-    assert_eq!(
-        body["error"],
-        "Access denied - you can only access your own resources"
-    );
+    assert_eq!(body["error"], "Access denied - you can only access your own resources");
 
     // The wallet service enforces it too, not only the gateway.
-    let res = s
-        .http
-        .get(format!("{}/api/wallets/{}", s.wallet, b.id))
-        .bearer_auth(&a.access)
-        .send()
-        .await
-        .expect("direct");
+    let res =
+        s.http.get(format!("{}/api/wallets/{}", s.wallet, b.id)).bearer_auth(&a.access).send().await.expect("direct");
     assert_eq!(res.status(), 403);
 
     // The directory lists payees without balances.
     let (status, dir) = get(&s, "/api/wallets", &a.access).await;
     assert_eq!(status, 200);
-    let entry = dir
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|e| e["user_id"] == b.id.as_str())
-        .expect("b listed");
+    let entry = dir.as_array().expect("array").iter().find(|e| e["user_id"] == b.id.as_str()).expect("b listed");
     assert!(entry.get("balance").is_none());
     assert_eq!(entry["name"], "Test User");
 }
@@ -52,62 +35,27 @@ async fn another_users_wallet_is_forbidden() {
 async fn registration_rules_give_400_with_details() {
     let s = Stack::start().await;
     let cases = [
-        (
-            json!({"email": "not-an-email", "password": "Sup3r-secret", "name": "Ann"}),
-            "email",
-        ),
-        (
-            json!({"email": "a@example.com", "password": "short1A", "name": "Ann"}),
-            "password",
-        ),
-        (
-            json!({"email": "a@example.com", "password": "alllowercase1", "name": "Ann"}),
-            "password",
-        ),
-        (
-            json!({"email": "a@example.com", "password": "NoDigitsHere", "name": "Ann"}),
-            "password",
-        ),
-        (
-            json!({"email": "a@example.com", "password": "Sup3r-secret", "name": "A"}),
-            "name",
-        ),
-        (
-            json!({"email": "a@example.com", "password": "Sup3r-secret", "name": "x".repeat(101)}),
-            "name",
-        ),
-        (
-            json!({"email": "a@example.com", "password": "Sup3r-secret", "name": "Ann", "role": "admin"}),
-            "role",
-        ),
-        (
-            json!({"email": "a@example.com", "password": "Sup3r-secret"}),
-            "name",
-        ),
+        (json!({"email": "not-an-email", "password": "Sup3r-secret", "name": "Ann"}), "email"),
+        (json!({"email": "a@example.com", "password": "short1A", "name": "Ann"}), "password"),
+        (json!({"email": "a@example.com", "password": "alllowercase1", "name": "Ann"}), "password"),
+        (json!({"email": "a@example.com", "password": "NoDigitsHere", "name": "Ann"}), "password"),
+        (json!({"email": "a@example.com", "password": "Sup3r-secret", "name": "A"}), "name"),
+        (json!({"email": "a@example.com", "password": "Sup3r-secret", "name": "x".repeat(101)}), "name"),
+        (json!({"email": "a@example.com", "password": "Sup3r-secret", "name": "Ann", "role": "admin"}), "role"),
+        (json!({"email": "a@example.com", "password": "Sup3r-secret"}), "name"),
     ];
     for (body, field) in cases {
         let (status, answer) = post(&s, "/api/auth/register", None, body.clone()).await;
         assert_eq!(status, 400, "{body} → {answer}");
         assert!(answer["error"].is_string());
-        assert!(
-            paths(&answer).iter().any(|p| p == field),
-            "{body}: expected a detail for {field}: {answer}"
-        );
+        assert!(paths(&answer).iter().any(|p| p == field), "{body}: expected a detail for {field}: {answer}");
     }
     // All failing fields at once.
-    let (status, answer) = post(
-        &s,
-        "/api/auth/register",
-        None,
-        json!({"email": "x", "password": "x", "name": ""}),
-    )
-    .await;
+    let (status, answer) =
+        post(&s, "/api/auth/register", None, json!({"email": "x", "password": "x", "name": ""})).await;
     assert_eq!(status, 400);
     let p = paths(&answer);
-    assert!(
-        p.contains(&"email".into()) && p.contains(&"password".into()) && p.contains(&"name".into()),
-        "{answer}"
-    );
+    assert!(p.contains(&"email".into()) && p.contains(&"password".into()) && p.contains(&"name".into()), "{answer}");
 }
 
 #[tokio::test]
@@ -128,19 +76,10 @@ async fn oversized_and_malformed_bodies_get_400() {
         .expect("request");
     assert_eq!(res.status(), 400);
     let body: Value = res.json().await.expect("json");
-    assert!(
-        body["error"].as_str().is_some_and(|e| e.contains("JSON")),
-        "{body}"
-    );
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("JSON")), "{body}");
     assert!(!paths(&body).is_empty());
 
-    let (status, body) = post(
-        &s,
-        "/api/auth/login",
-        None,
-        json!({"email": 5, "password": "x"}),
-    )
-    .await;
+    let (status, body) = post(&s, "/api/auth/login", None, json!({"email": 5, "password": "x"})).await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(paths(&body), vec!["email".to_string()]);
 }

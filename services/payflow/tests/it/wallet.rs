@@ -7,13 +7,8 @@ use crate::harness::Stack;
 /// A wallet made through the internal API (no password hashing needed).
 async fn wallet(s: &Stack) -> String {
     let id = Uuid::new_v4().to_string();
-    let (status, body) = s
-        .internal(
-            Method::POST,
-            "/internal/wallets",
-            Some(json!({"userId": id, "name": "Wallet Test"})),
-        )
-        .await;
+    let (status, body) =
+        s.internal(Method::POST, "/internal/wallets", Some(json!({"userId": id, "name": "Wallet Test"}))).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["balance"], "1000.00");
     id
@@ -24,24 +19,17 @@ fn transfer(id: &str, from: &str, to: &str, amount: i64) -> Value {
 }
 
 async fn balances(s: &Stack, user: &str) -> (String, String) {
-    let (status, w) = s
-        .internal(Method::GET, &format!("/internal/wallets/{user}"), None)
-        .await;
+    let (status, w) = s.internal(Method::GET, &format!("/internal/wallets/{user}"), None).await;
     assert_eq!(status, 200, "{w}");
-    (
-        w["balance"].as_str().unwrap_or_default().into(),
-        w["available_balance"].as_str().unwrap_or_default().into(),
-    )
+    (w["balance"].as_str().unwrap_or_default().into(), w["available_balance"].as_str().unwrap_or_default().into())
 }
 
 #[tokio::test]
 async fn internal_endpoints_require_the_service_credential() {
     let s = Stack::start().await;
     for token in [None, Some("wrong-token-wrong-token")] {
-        let mut req = s
-            .http
-            .post(format!("{}/internal/wallets", s.wallet))
-            .json(&json!({"userId": Uuid::new_v4(), "name": "X"}));
+        let mut req =
+            s.http.post(format!("{}/internal/wallets", s.wallet)).json(&json!({"userId": Uuid::new_v4(), "name": "X"}));
         if let Some(t) = token {
             req = req.header("x-payflow-service-token", t);
         }
@@ -53,13 +41,8 @@ async fn internal_endpoints_require_the_service_credential() {
 async fn creating_a_wallet_twice_credits_once() {
     let s = Stack::start().await;
     let id = wallet(&s).await;
-    let (status, body) = s
-        .internal(
-            Method::POST,
-            "/internal/wallets",
-            Some(json!({"userId": id, "name": "Wallet Test"})),
-        )
-        .await;
+    let (status, body) =
+        s.internal(Method::POST, "/internal/wallets", Some(json!({"userId": id, "name": "Wallet Test"}))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["balance"], "1000.00");
     s.assert_ledger_ok().await;
@@ -71,30 +54,16 @@ async fn a_hundred_concurrent_holds_never_exceed_the_available_balance() {
     let sender = wallet(&s).await;
     let receivers = [wallet(&s).await, wallet(&s).await, wallet(&s).await];
     let calls = (0..100).map(|i| {
-        let body = transfer(
-            &Uuid::new_v4().to_string(),
-            &sender,
-            &receivers[i % 3],
-            1_500,
-        );
+        let body = transfer(&Uuid::new_v4().to_string(), &sender, &receivers[i % 3], 1_500);
         let s = &s;
-        async move {
-            s.internal(Method::POST, "/internal/transfers", Some(body))
-                .await
-        }
+        async move { s.internal(Method::POST, "/internal/transfers", Some(body)).await }
     });
     let results = futures::future::join_all(calls).await;
     let held = results.iter().filter(|(st, _)| *st == 201).count();
-    let refused = results
-        .iter()
-        .filter(|(st, b)| *st == 422 && b["code"] == "insufficient_funds")
-        .count();
+    let refused = results.iter().filter(|(st, b)| *st == 422 && b["code"] == "insufficient_funds").count();
     // 1000.00 holds 66 × 15.00 and not a 67th.
     assert_eq!((held, refused), (66, 34), "{results:?}");
-    assert_eq!(
-        balances(&s, &sender).await,
-        ("1000.00".into(), "10.00".into())
-    );
+    assert_eq!(balances(&s, &sender).await, ("1000.00".into(), "10.00".into()));
     s.assert_ledger_ok().await;
 }
 
@@ -106,20 +75,12 @@ async fn a_concurrent_post_and_void_resolve_a_transfer_exactly_once() {
     let mut posted = 0;
     for _ in 0..20 {
         let id = Uuid::new_v4().to_string();
-        let (status, _) = s
-            .internal(
-                Method::POST,
-                "/internal/transfers",
-                Some(transfer(&id, &a, &b, 100)),
-            )
-            .await;
+        let (status, _) = s.internal(Method::POST, "/internal/transfers", Some(transfer(&id, &a, &b, 100))).await;
         assert_eq!(status, 201);
         let post_path = format!("/internal/transfers/{id}/post");
         let void_path = format!("/internal/transfers/{id}/void");
-        let (p, v) = tokio::join!(
-            s.internal(Method::POST, &post_path, None),
-            s.internal(Method::POST, &void_path, None)
-        );
+        let (p, v) =
+            tokio::join!(s.internal(Method::POST, &post_path, None), s.internal(Method::POST, &void_path, None));
         match (p.0, v.0) {
             (200, 409) => {
                 assert_eq!(p.1["state"], "posted");
@@ -149,124 +110,51 @@ async fn retries_are_idempotent_and_reused_ids_conflict() {
     let id = Uuid::new_v4().to_string();
     let body = transfer(&id, &a, &b, 2_550);
 
-    let (status, first) = s
-        .internal(Method::POST, "/internal/transfers", Some(body.clone()))
-        .await;
+    let (status, first) = s.internal(Method::POST, "/internal/transfers", Some(body.clone())).await;
     assert_eq!(status, 201, "{first}");
-    let (status, again) = s
-        .internal(Method::POST, "/internal/transfers", Some(body.clone()))
-        .await;
+    let (status, again) = s.internal(Method::POST, "/internal/transfers", Some(body.clone())).await;
     assert_eq!(status, 200, "an identical retry is a success");
     assert_eq!(again["id"], first["id"]);
-    assert_eq!(
-        balances(&s, &a).await,
-        ("1000.00".into(), "974.50".into()),
-        "held once"
-    );
+    assert_eq!(balances(&s, &a).await, ("1000.00".into(), "974.50".into()), "held once");
 
-    let (status, conflict) = s
-        .internal(
-            Method::POST,
-            "/internal/transfers",
-            Some(transfer(&id, &a, &b, 2_551)),
-        )
-        .await;
-    assert_eq!(
-        (status, conflict["code"].as_str()),
-        (409, Some("transfer_conflict"))
-    );
+    let (status, conflict) = s.internal(Method::POST, "/internal/transfers", Some(transfer(&id, &a, &b, 2_551))).await;
+    assert_eq!((status, conflict["code"].as_str()), (409, Some("transfer_conflict")));
 
     for _ in 0..3 {
-        let (status, posted) = s
-            .internal(
-                Method::POST,
-                &format!("/internal/transfers/{id}/post"),
-                None,
-            )
-            .await;
+        let (status, posted) = s.internal(Method::POST, &format!("/internal/transfers/{id}/post"), None).await;
         assert_eq!((status, posted["state"].as_str()), (200, Some("posted")));
     }
-    assert_eq!(
-        balances(&s, &a).await,
-        ("974.50".into(), "974.50".into()),
-        "moved once"
-    );
+    assert_eq!(balances(&s, &a).await, ("974.50".into(), "974.50".into()), "moved once");
     assert_eq!(balances(&s, &b).await, ("1025.50".into(), "1025.50".into()));
     // A create retried after the post still finds the same transfer, and moves nothing.
-    let (status, late) = s
-        .internal(Method::POST, "/internal/transfers", Some(body))
-        .await;
+    let (status, late) = s.internal(Method::POST, "/internal/transfers", Some(body)).await;
     assert_eq!((status, late["state"].as_str()), (200, Some("posted")));
-    let (status, _) = s
-        .internal(
-            Method::POST,
-            &format!("/internal/transfers/{id}/void"),
-            None,
-        )
-        .await;
+    let (status, _) = s.internal(Method::POST, &format!("/internal/transfers/{id}/void"), None).await;
     assert_eq!(status, 409, "a posted transfer cannot be voided");
 
     // Voiding an id never seen records it, so a late create is refused.
     let ghost = Uuid::new_v4().to_string();
-    let (status, voided) = s
-        .internal(
-            Method::POST,
-            &format!("/internal/transfers/{ghost}/void"),
-            None,
-        )
-        .await;
+    let (status, voided) = s.internal(Method::POST, &format!("/internal/transfers/{ghost}/void"), None).await;
     assert_eq!((status, voided["state"].as_str()), (200, Some("voided")));
-    let (status, late) = s
-        .internal(
-            Method::POST,
-            "/internal/transfers",
-            Some(transfer(&ghost, &a, &b, 100)),
-        )
-        .await;
-    assert_eq!(
-        (status, late["code"].as_str()),
-        (409, Some("transfer_voided"))
-    );
-    let (status, _) = s
-        .internal(
-            Method::POST,
-            &format!("/internal/transfers/{ghost}/post"),
-            None,
-        )
-        .await;
+    let (status, late) = s.internal(Method::POST, "/internal/transfers", Some(transfer(&ghost, &a, &b, 100))).await;
+    assert_eq!((status, late["code"].as_str()), (409, Some("transfer_voided")));
+    let (status, _) = s.internal(Method::POST, &format!("/internal/transfers/{ghost}/post"), None).await;
     assert_eq!(status, 409);
 
     // Synchronous refusals.
-    let (status, _) = s
-        .internal(
-            Method::POST,
-            "/internal/transfers",
-            Some(transfer(&Uuid::new_v4().to_string(), &a, &a, 1)),
-        )
-        .await;
+    let (status, _) =
+        s.internal(Method::POST, "/internal/transfers", Some(transfer(&Uuid::new_v4().to_string(), &a, &a, 1))).await;
     assert_eq!(status, 400, "self-transfer");
     let (status, nf) = s
         .internal(
             Method::POST,
             "/internal/transfers",
-            Some(transfer(
-                &Uuid::new_v4().to_string(),
-                &a,
-                &Uuid::new_v4().to_string(),
-                1,
-            )),
+            Some(transfer(&Uuid::new_v4().to_string(), &a, &Uuid::new_v4().to_string(), 1)),
         )
         .await;
-    assert_eq!(
-        (status, nf["error"].as_str()),
-        (404, Some("Recipient not found"))
-    );
+    assert_eq!((status, nf["error"].as_str()), (404, Some("Recipient not found")));
     let (status, _) = s
-        .internal(
-            Method::POST,
-            "/internal/transfers",
-            Some(transfer(&Uuid::new_v4().to_string(), &a, &b, 10_000_000)),
-        )
+        .internal(Method::POST, "/internal/transfers", Some(transfer(&Uuid::new_v4().to_string(), &a, &b, 10_000_000)))
         .await;
     assert_eq!(status, 422);
     s.assert_ledger_ok().await;

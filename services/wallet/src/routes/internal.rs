@@ -41,17 +41,10 @@ pub async fn create_wallet(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::validation(vec![FieldError::new(
-            "name",
-            "must be 1-100 characters",
-        )]));
+        return Err(ApiError::validation(vec![FieldError::new("name", "must be 1-100 characters")]));
     }
     let currency = req.currency.unwrap_or(state.currency);
-    let credit = if currency == state.currency {
-        state.signup_credit
-    } else {
-        0
-    };
+    let credit = if currency == state.currency { state.signup_credit } else { 0 };
     let outcome = ledger::create_wallet(&state.pool, req.user_id, name, currency, credit).await?;
     Ok(answer(match outcome {
         Outcome::Created(w) => Outcome::Created(wallet_json(&w)),
@@ -59,14 +52,9 @@ pub async fn create_wallet(
     }))
 }
 
-pub async fn get_wallet(
-    State(state): State<AppState>,
-    Path(raw): Path<String>,
-) -> ApiResult<Json<Value>> {
+pub async fn get_wallet(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let user: UserId = parse_path_id(&raw, "userId")?;
-    let wallet = ledger::get_wallet(&state.pool, user)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Wallet not found"))?;
+    let wallet = ledger::get_wallet(&state.pool, user).await?.ok_or_else(|| ApiError::not_found("Wallet not found"))?;
     Ok(Json(wallet_json(&wallet)))
 }
 
@@ -90,17 +78,11 @@ pub async fn create_transfer(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let mut details = Vec::new();
     if req.amount <= 0 {
-        details.push(FieldError::new(
-            "amount",
-            "must be a positive number of minor units",
-        ));
+        details.push(FieldError::new("amount", "must be a positive number of minor units"));
     }
     let timeout = req.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECS);
     if timeout == 0 || timeout > MAX_TIMEOUT_SECS {
-        details.push(FieldError::new(
-            "timeoutSeconds",
-            format!("must be 1-{MAX_TIMEOUT_SECS}"),
-        ));
+        details.push(FieldError::new("timeoutSeconds", format!("must be 1-{MAX_TIMEOUT_SECS}")));
     }
     if !details.is_empty() {
         return Err(ApiError::validation(details));
@@ -120,29 +102,18 @@ pub async fn create_transfer(
     }))
 }
 
-pub async fn get_transfer(
-    State(state): State<AppState>,
-    Path(raw): Path<String>,
-) -> ApiResult<Json<Value>> {
+pub async fn get_transfer(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let id: TransferId = parse_path_id(&raw, "id")?;
-    let t = ledger::get_transfer(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Transfer not found"))?;
+    let t = ledger::get_transfer(&state.pool, id).await?.ok_or_else(|| ApiError::not_found("Transfer not found"))?;
     Ok(Json(transfer_json(&t)))
 }
 
-pub async fn post_transfer(
-    State(state): State<AppState>,
-    Path(raw): Path<String>,
-) -> ApiResult<Json<Value>> {
+pub async fn post_transfer(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let id: TransferId = parse_path_id(&raw, "id")?;
     Ok(Json(transfer_json(&ledger::post(&state.pool, id).await?)))
 }
 
-pub async fn void_transfer(
-    State(state): State<AppState>,
-    Path(raw): Path<String>,
-) -> ApiResult<Json<Value>> {
+pub async fn void_transfer(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
     let id: TransferId = parse_path_id(&raw, "id")?;
     Ok(Json(transfer_json(&ledger::void(&state.pool, id).await?)))
 }

@@ -16,11 +16,7 @@ const DIRECTORY_LIMIT: i64 = 1000;
 /// `GET /api/wallets`: who can be paid (names only, never balances).
 pub async fn directory(State(state): State<AppState>, _user: AuthUser) -> ApiResult<Json<Value>> {
     let rows = ledger::directory(&state.pool, DIRECTORY_LIMIT).await?;
-    Ok(Json(Value::Array(
-        rows.into_iter()
-            .map(|(id, name)| json!({"user_id": id, "name": name}))
-            .collect(),
-    )))
+    Ok(Json(Value::Array(rows.into_iter().map(|(id, name)| json!({"user_id": id, "name": name})).collect())))
 }
 
 /// `GET /api/wallets/:userId`: the caller's own wallet only.
@@ -31,8 +27,7 @@ pub async fn get_wallet(
 ) -> ApiResult<Json<Value>> {
     let owner: UserId = parse_path_id(&raw, "userId")?;
     user.require_self(owner)?;
-    let wallet = ledger::get_wallet(&state.pool, owner)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Wallet not found"))?;
+    let wallet =
+        ledger::get_wallet(&state.pool, owner).await?.ok_or_else(|| ApiError::not_found("Wallet not found"))?;
     Ok(Json(wallet_json(&wallet)))
 }

@@ -40,34 +40,21 @@ pub fn transfer_json(t: &Transfer) -> Value {
 impl From<LedgerError> for ApiError {
     fn from(e: LedgerError) -> Self {
         match e {
-            LedgerError::SenderNotFound => {
-                ApiError::not_found("Sender wallet not found").with_code("sender_not_found")
-            }
+            LedgerError::SenderNotFound => ApiError::not_found("Sender wallet not found").with_code("sender_not_found"),
             LedgerError::RecipientNotFound => {
                 ApiError::not_found("Recipient not found").with_code("recipient_not_found")
             }
-            LedgerError::SameAccount => {
-                ApiError::bad_request("self_transfer", "Cannot transfer to yourself", vec![])
-            }
+            LedgerError::SameAccount => ApiError::bad_request("self_transfer", "Cannot transfer to yourself", vec![]),
             LedgerError::CurrencyMismatch => {
                 ApiError::unprocessable("currency_mismatch", "Wallet currencies do not match")
             }
-            LedgerError::InsufficientFunds => {
-                ApiError::unprocessable("insufficient_funds", "Insufficient funds")
+            LedgerError::InsufficientFunds => ApiError::unprocessable("insufficient_funds", "Insufficient funds"),
+            LedgerError::Conflict => {
+                ApiError::conflict("transfer_conflict", "Transfer id already used with different fields")
             }
-            LedgerError::Conflict => ApiError::conflict(
-                "transfer_conflict",
-                "Transfer id already used with different fields",
-            ),
-            LedgerError::AlreadyPosted => {
-                ApiError::conflict("transfer_posted", "Transfer already posted")
-            }
-            LedgerError::AlreadyVoided => {
-                ApiError::conflict("transfer_voided", "Transfer already voided")
-            }
-            LedgerError::NotFound => {
-                ApiError::not_found("Transfer not found").with_code("transfer_not_found")
-            }
+            LedgerError::AlreadyPosted => ApiError::conflict("transfer_posted", "Transfer already posted"),
+            LedgerError::AlreadyVoided => ApiError::conflict("transfer_voided", "Transfer already voided"),
+            LedgerError::NotFound => ApiError::not_found("Transfer not found").with_code("transfer_not_found"),
             LedgerError::Retry => ApiError::unavailable("Please retry"),
             LedgerError::Db(e) => e.into(),
         }

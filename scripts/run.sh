@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Run PayFlow locally: build it, start the `run` stack (scripts/stack.sh),
+# migrate, start `payflow dev`, wait until the gateway is ready and create
+# two demo users.
+#
+# Usage:
+#   scripts/run.sh            run in the foreground; Ctrl-C (or payflow
+#                             exiting) stops payflow and the run stack
+#   scripts/run.sh --no-wait  start everything, print how to use it, exit and
+#                             leave it all running (stop it with `stop`)
+#   scripts/run.sh stop       stop a detached run: payflow and the run stack
+#   scripts/run.sh --help     this text
+#
+# Environment: PAYFLOW_GATEWAY_PORT (default 3000) and the other PAYFLOW_*
+# settings are passed through to payflow; PAYFLOW_STACK_RABBITMQ=1 also runs
+# RabbitMQ; PAYFLOW_READY_TIMEOUT (default 120) bounds the wait for /readyz.
+#
+# Logs: .payflow/run/payflow.log (payflow), .payflow/run/*/ (servers).
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+PAYFLOW_LOG_TAG=run
+
+usage() {
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+}
+
+STACK="$PAYFLOW_SCRIPTS/stack.sh"
+RUN_DIR="$PAYFLOW_STATE_ROOT/run"
+APP_LOG="$RUN_DIR/payflow.log"
+APP_PID_FILE="$RUN_DIR/payflow.pid"
+BIN="$CARGO_TARGET_DIR/debug/payflow"
+GATEWAY_PORT="${PAYFLOW_GATEWAY_PORT:-3000}"
+GATEWAY="http://127.0.0.1:$GATEWAY_PORT"
+READY_TIMEOUT="${PAYFLOW_READY_TIMEOUT:-120}"
+
+stop_app() {
+    local pid
+    pid="$(read_pidfile "$APP_PID_FILE")"
+    if pid_alive "$pid" '(^|/)payflow( |$)'; then
+        log "stopping payflow (pid $pid)"
+        stop_pid "$pid" 30
+    fi
+    rm -f "$APP_PID_FILE"
+}
+
+stop_everything() {
+    stop_app
+    "$STACK" stop run
+}
+
+MODE=foreground
+case "${1:-}" in
+    "") ;;
+    --no-wait) MODE=detach ;;
+    stop)
+        stop_everything
+        exit 0
+        ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *)
+        usage >&2
+        exit 2
+        ;;
+esac
+(($# <= 1)) || { usage >&2; exit 2; }
+
+APP_PID=""
+# Until we hand over (detach) or finish, any exit tears everything down so a
+# failed start never leaves half a system running.
+# shellcheck disable=SC2317  # only reached through the traps below
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    log "shutting down"
+    stop_everything || warn "stopping failed; try: scripts/run.sh stop"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+ensure_apt_packages "${PAYFLOW_STACK_APT_PACKAGES[@]}"
+
+cd "$PAYFLOW_ROOT"
+log "building payflow (cargo build -p payflow)"
+cargo build -p payflow
+[[ -x "$BIN" ]] || die "build succeeded but $BIN is missing"
+
+# A previous detached run would hold the ports; replace it with this build.
+stop_app
+
+"$STACK" start run
+stack_env="$("$STACK" env run)"
+eval "$stack_env"
+
+log "running migrations (payflow migrate)"
+"$BIN" migrate
+
+# Otherwise /readyz could be answered by whatever already holds the port.
+if port_open "$GATEWAY_PORT"; then
+    die "port $GATEWAY_PORT is already in use by another process (see: ss -ltnp 'sport = :$GATEWAY_PORT')"
+fi
+mkdir -p "$RUN_DIR"
+log "starting payflow dev (log: $APP_LOG)"
+printf '\n===== payflow dev started %s =====\n' "$(date -Is)" >>"$APP_LOG"
+# setsid: own session, so closing the terminal (or Ctrl-C) does not hit
+# payflow directly; we stop it via the pidfile. fd 9 is stack.sh's lock.
+setsid "$BIN" dev >>"$APP_LOG" 2>&1 </dev/null 9>&- &
+APP_PID=$!
+echo "$APP_PID" >"$APP_PID_FILE"
+
+readyz_ok() {
+    [[ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$GATEWAY/readyz")" == 200 ]]
+}
+t0="$(now_us)"
+deadline=$((EPOCHSECONDS + READY_TIMEOUT))
+until readyz_ok; do
+    if ! kill -0 "$APP_PID" 2>/dev/null; then
+        log_tail "$APP_LOG" 60
+        die "payflow dev exited before $GATEWAY/readyz answered 200"
+    fi
+    if ((EPOCHSECONDS >= deadline)); then
+        log_tail "$APP_LOG" 60
+        die "$GATEWAY/readyz did not answer 200 within ${READY_TIMEOUT}s"
+    fi
+    sleep 0.25
+done
+log "payflow ready at $GATEWAY ($(elapsed_since "$t0")s)"
+
+# register EMAIL PASSWORD NAME: create a demo user; 409 = exists already.
+register() {
+    local body code
+    body="$(mktemp)"
+    code="$(curl -s -o "$body" -w '%{http_code}' -m 10 \
+        -H 'Content-Type: application/json' \
+        -d "{\"email\":\"$1\",\"password\":\"$2\",\"name\":\"$3\"}" \
+        "$GATEWAY/api/auth/register" || true)"
+    case "$code" in
+        200 | 201) log "demo user $1 created" ;;
+        409) log "demo user $1 exists already" ;;
+        *)
+            cat "$body" >&2
+            echo >&2
+            rm -f "$body"
+            log_tail "$APP_LOG" 40
+            die "registering $1 failed with HTTP ${code:-no response}"
+            ;;
+    esac
+    rm -f "$body"
+}
+register alice@payflow.local Alice-Passw0rd "Alice Demo"
+register bob@payflow.local Bob-Passw0rd "Bob Demo"
+
+# Quoted heredoc: the curl lines are printed literally for copy-pasting.
+cat <<EOF
+
+PayFlow is running.
+  Gateway:      $GATEWAY   (readiness: $GATEWAY/readyz)
+  Demo logins:  alice@payflow.local / Alice-Passw0rd
+                bob@payflow.local   / Bob-Passw0rd
+  payflow log:  $APP_LOG
+
+Try it (copy-paste into a shell):
+EOF
+cat <<'EOF' | sed "s|@GATEWAY@|$GATEWAY|g"
+  TOKEN=$(curl -s -H 'Content-Type: application/json' \
+    -d '{"email":"alice@payflow.local","password":"Alice-Passw0rd"}' \
+    @GATEWAY@/api/auth/login \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["accessToken"])')
+  curl -s -H "Authorization: Bearer $TOKEN" @GATEWAY@/api/auth/me; echo
+  ALICE_ID=$(curl -s -H "Authorization: Bearer $TOKEN" @GATEWAY@/api/auth/me \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("user", d)["id"])')
+  curl -s -H "Authorization: Bearer $TOKEN" @GATEWAY@/api/wallets/$ALICE_ID; echo
+EOF
+
+if [[ "$MODE" == detach ]]; then
+    trap - EXIT INT TERM
+    printf '\nLeft running in the background. Stop it with: scripts/run.sh stop\n'
+    exit 0
+fi
+
+printf '\nPress Ctrl-C to stop payflow and the run stack.\n'
+# wait returns when payflow exits or when a trapped signal arrives (the trap
+# then exits and cleanup stops everything).
+app_rc=0
+wait "$APP_PID" || app_rc=$?
+log_tail "$APP_LOG" 20
+log "payflow exited with status $app_rc"
+exit "$app_rc"

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Run every PayFlow check: formatting, clippy, and the whole test suite
+# against a fresh, throwaway test stack (scripts/stack.sh ... test).
+#
+# Usage: scripts/test.sh [ARGS...]   ARGS are passed to `cargo test`
+#        (e.g. scripts/test.sh -p payflow-auth -- --nocapture)
+#
+# Exits non-zero on the first failing step; the test stack is always stopped.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+PAYFLOW_LOG_TAG="test"
+
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+    exit 0
+fi
+
+STACK="$PAYFLOW_SCRIPTS/stack.sh"
+
+ensure_apt_packages "${PAYFLOW_STACK_APT_PACKAGES[@]}"
+ensure_rust_components
+
+# Always tear the test stack down, also on failure or Ctrl-C.
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    "$STACK" stop test || warn "stopping the test stack failed"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+STEP=0
+TOTAL=4
+# step TITLE CMD...: print a heading, run CMD, report elapsed time; stop the
+# whole run on failure with CMD's exit code.
+step() {
+    local title="$1" t0 rc=0
+    shift
+    STEP=$((STEP + 1))
+    printf '\n==> [%d/%d] %s\n' "$STEP" "$TOTAL" "$title"
+    t0="$(now_us)"
+    "$@" || rc=$?
+    if ((rc != 0)); then
+        printf '<== [%d/%d] %s FAILED (exit %d) after %ss\n' "$STEP" "$TOTAL" "$title" "$rc" "$(elapsed_since "$t0")"
+        exit "$rc"
+    fi
+    printf '<== [%d/%d] %s ok (%ss)\n' "$STEP" "$TOTAL" "$title" "$(elapsed_since "$t0")"
+}
+
+start_test_stack() {
+    # Test data is disposable, so trade durability for speed.
+    PAYFLOW_PG_FAST=1 "$STACK" start test
+}
+
+cd "$PAYFLOW_ROOT"
+step "start test stack" start_test_stack
+# Assign first: a failing `stack.sh env` would be masked inside eval "$(...)".
+stack_env="$("$STACK" env test)"
+eval "$stack_env"
+
+step "cargo fmt --all --check" cargo fmt --all --check
+step "cargo clippy --workspace --all-targets --locked -- -D warnings" \
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo test --workspace --locked${*:+ $*}" cargo test --workspace --locked "$@"

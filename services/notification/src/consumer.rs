@@ -1,0 +1,291 @@
+//! The event consumer: `{prefix}.notifications` with manual acks and bounded
+//! prefetch.
+//!
+//! Per message: parse once; store its notifications and its message id in one
+//! transaction; deliver through the channels; ack. The order matters: the ack
+//! comes after the commit, so a crash anywhere before it means a redelivery,
+//! which the processed-messages table turns into a no-op.
+//!
+//! - Unusable messages (no id, bad JSON, unknown type, nonsense values) are
+//!   rejected without requeue, so the broker dead-letters them to
+//!   `{prefix}.notifications.dlq`.
+//! - Database errors: transient ones (connection loss, pool exhaustion,
+//!   serialization failures) are retried in place for a while, which does not
+//!   count against the delivery limit; then, or for any other database error,
+//!   the message is nacked with requeue and the quorum queue's delivery limit
+//!   dead-letters a message that keeps failing. Nothing loops forever.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use payflow_messaging::{Incoming, Topology};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::events::{EventKind, NewNotification, TransactionEvent};
+use crate::metrics::Outcome;
+use crate::state::AppState;
+use crate::store::{self, Recorded};
+
+/// How long a transient database error is retried in place before the
+/// message is handed back to the broker.
+const TRANSIENT_RETRY_BUDGET: Duration = Duration::from_secs(30);
+
+/// Longest pause between reconnection attempts after a failed session.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
+/// A session that lasted this long was healthy: the next failure starts the
+/// reconnection backoff from the beginning.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// Consumes events until `cancel`, reconnecting whenever the broker
+/// connection or channel is lost.
+pub async fn consume(state: AppState, cfg: &Config, cancel: CancellationToken) -> anyhow::Result<()> {
+    let topology = cfg.amqp.topology();
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let Some(conn) = payflow_messaging::connect_with_retry(&cfg.amqp.amqp_url, cancel.cancelled()).await else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let result = session(&state, &conn, &topology, cfg.prefetch, &cancel).await;
+        // Closing a connection that is already gone fails; nothing to do then.
+        let _ = conn.close(200, "notification consumer stopping").await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                if started.elapsed() >= HEALTHY_SESSION {
+                    delay = Duration::from_millis(500);
+                }
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "event consumer lost the broker; reconnecting"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => return Ok(()),
+                }
+                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+            }
+        }
+    }
+}
+
+/// One connection's worth of consuming. `Ok` only when cancelled.
+async fn session(
+    state: &AppState,
+    conn: &Connection,
+    topology: &Topology,
+    prefetch: u16,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let channel = conn.create_channel().await?;
+    topology.declare(&channel).await?;
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let queue = topology.notifications_queue();
+    let tag = format!("payflow-notification-{}", Uuid::new_v4());
+    let mut consumer =
+        channel.basic_consume(&queue, &tag, BasicConsumeOptions::default(), FieldTable::default()).await?;
+    tracing::info!(%queue, prefetch, "consuming events");
+
+    // Messages are handled concurrently (a slow webhook must not stall the
+    // queue); the prefetch bounds how many are in flight, and acks name
+    // their own delivery tag, so their order does not matter.
+    let mut tasks = JoinSet::new();
+    let result = loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break Ok(()),
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => log_panic(done),
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    tasks.spawn(handle(state.clone(), delivery, cancel.clone()));
+                }
+                Some(Err(e)) => break Err(anyhow::Error::new(e).context("consumer failed")),
+                None => break Err(anyhow::anyhow!("the broker ended the consumer")),
+            },
+        }
+    };
+    // Let in-flight messages finish (and be acked). Whatever was never
+    // handled goes back to the queue when the channel closes.
+    while let Some(done) = tasks.join_next().await {
+        log_panic(done);
+    }
+    let _ = channel.close(200, "notification consumer stopping").await;
+    result
+}
+
+fn log_panic(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(error = %e, "event handler task failed");
+    }
+}
+
+async fn handle(state: AppState, delivery: Delivery, cancel: CancellationToken) {
+    let outcome = process(&state, &delivery, &cancel).await;
+    state.counters.message(outcome);
+}
+
+async fn process(state: &AppState, d: &Delivery, cancel: &CancellationToken) -> Outcome {
+    // The AMQP `type` names the event; the routing key is the same by
+    // convention and stands in when a producer left `type` out.
+    let kind_text =
+        d.properties.kind().as_ref().map(|k| k.as_str()).filter(|k| !k.is_empty()).unwrap_or(d.routing_key.as_str());
+    let Some(kind) = EventKind::from_type(kind_text) else {
+        return poison(d, &format!("unknown event type {kind_text:?}")).await;
+    };
+    let msg = match Incoming::<TransactionEvent>::parse(d) {
+        Ok(m) => m,
+        Err(e) => return poison(d, &e.to_string()).await,
+    };
+    let correlation_id = sane_correlation_id(&msg.correlation_id).unwrap_or(msg.id.to_string());
+    let span = tracing::info_span!(
+        "event",
+        correlation_id = %correlation_id,
+        message_id = %msg.id,
+        kind = kind.as_str(),
+    );
+    async {
+        let new = match msg.body.notifications(kind) {
+            Ok(n) => n,
+            Err(e) => return poison(d, &e.to_string()).await,
+        };
+        match store_event(state, msg.id, kind, &new, cancel).await {
+            Ok(Recorded::Duplicate) => {
+                tracing::info!(redelivered = msg.redelivered, "duplicate event skipped");
+                ack(d).await;
+                Outcome::Duplicate
+            }
+            Ok(Recorded::Stored(stored)) => {
+                for n in &stored {
+                    state.counters.stored.with_label_values(&[n.kind.as_str()]).inc();
+                }
+                tracing::info!(notifications = stored.len(), "event stored");
+                state.channels.deliver_all(&state.pool, &state.counters, &stored, &correlation_id).await;
+                ack(d).await;
+                Outcome::Stored
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store event; returning it to the queue");
+                nack_requeue(d).await;
+                Outcome::Error
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Stores the event, retrying transient database errors in place (with
+/// backoff, within [`TRANSIENT_RETRY_BUDGET`]) so a short outage does not
+/// burn the message's delivery limit.
+async fn store_event(
+    state: &AppState,
+    message_id: Uuid,
+    kind: EventKind,
+    new: &[NewNotification],
+    cancel: &CancellationToken,
+) -> sqlx::Result<Recorded> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match store::record_event(&state.pool, message_id, kind.as_str(), new).await {
+            Ok(r) => return Ok(r),
+            Err(e) if is_transient(&e) && started.elapsed() + delay < TRANSIENT_RETRY_BUDGET => {
+                tracing::warn!(
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "database unavailable; retrying"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => return Err(e),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Errors that say "try again later" rather than "this will never work".
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            // 08: connection exception; 53: insufficient resources;
+            // 57P0x: server shutting down; 40001/40P01: serialization, deadlock.
+            c.starts_with("08") || c.starts_with("53") || c.starts_with("57P0") || c == "40001" || c == "40P01"
+        }),
+        _ => false,
+    }
+}
+
+/// A correlation id fit for logs and headers: 1-128 visible ASCII characters.
+fn sane_correlation_id(raw: &str) -> Option<String> {
+    (!raw.is_empty() && raw.len() <= 128 && raw.bytes().all(|b| b.is_ascii_graphic())).then(|| raw.to_string())
+}
+
+/// Rejects without requeue: the queue's dead-letter exchange moves the
+/// message to the DLQ, where it can be inspected.
+async fn poison(d: &Delivery, reason: &str) -> Outcome {
+    tracing::warn!(
+        reason,
+        message_id = d.properties.message_id().as_ref().map_or("-", |s| s.as_str()),
+        routing_key = d.routing_key.as_str(),
+        delivery_tag = d.delivery_tag,
+        "poison message dead-lettered"
+    );
+    if let Err(e) = d.acker.reject(BasicRejectOptions { requeue: false }).await {
+        tracing::warn!(error = %e, "reject failed; the broker will redeliver the message");
+    }
+    Outcome::Poison
+}
+
+async fn ack(d: &Delivery) {
+    if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
+        // The work is committed: a redelivery will be recognised as a duplicate.
+        tracing::warn!(error = %e, "ack failed; a redelivery will be skipped as a duplicate");
+    }
+}
+
+async fn nack_requeue(d: &Delivery) {
+    let opts = BasicNackOptions { requeue: true, multiple: false };
+    if let Err(e) = d.acker.nack(opts).await {
+        tracing::warn!(error = %e, "nack failed; the broker will redeliver the message");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn correlation_ids_are_sanitised() {
+        assert_eq!(sane_correlation_id("abc-1"), Some("abc-1".into()));
+        assert_eq!(sane_correlation_id(""), None);
+        assert_eq!(sane_correlation_id("a b"), None);
+        assert_eq!(sane_correlation_id("a\r\nb"), None);
+        assert_eq!(sane_correlation_id(&"x".repeat(129)), None);
+    }
+
+    #[test]
+    fn transient_errors() {
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::Io(std::io::Error::other("x"))));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+        assert!(!is_transient(&sqlx::Error::ColumnNotFound("x".into())));
+    }
+}

@@ -1,0 +1,77 @@
+//! The service's business metrics, registered in the service's registry so
+//! `/metrics` shows them next to the HTTP metrics.
+
+use payflow_common::metrics::Metrics;
+use prometheus::{IntCounterVec, Opts};
+
+/// What became of one consumed message (`outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Notifications stored (and delivered).
+    Stored,
+    /// Already processed: acked and skipped.
+    Duplicate,
+    /// Unusable: rejected to the dead-letter queue.
+    Poison,
+    /// Database trouble: nacked for redelivery.
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Stored => "stored",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Poison => "poison",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Counters {
+    /// `payflow_notification_deliveries_total{channel,result}`
+    pub deliveries: IntCounterVec,
+    /// `payflow_notifications_stored_total{type}`
+    pub stored: IntCounterVec,
+    /// `payflow_notification_messages_total{outcome}`
+    pub messages: IntCounterVec,
+}
+
+impl Counters {
+    pub fn register(metrics: &Metrics) -> anyhow::Result<Self> {
+        let c = Self {
+            deliveries: IntCounterVec::new(
+                Opts::new(
+                    "payflow_notification_deliveries_total",
+                    "Notification delivery attempts by channel and result (ok, failed, skipped)",
+                ),
+                &["channel", "result"],
+            )?,
+            stored: IntCounterVec::new(
+                Opts::new("payflow_notifications_stored_total", "Notifications stored, by type"),
+                &["type"],
+            )?,
+            messages: IntCounterVec::new(
+                Opts::new(
+                    "payflow_notification_messages_total",
+                    "Consumed event messages by outcome (stored, duplicate, poison, error)",
+                ),
+                &["outcome"],
+            )?,
+        };
+        metrics.register(Box::new(c.deliveries.clone()));
+        metrics.register(Box::new(c.stored.clone()));
+        metrics.register(Box::new(c.messages.clone()));
+        Ok(c)
+    }
+
+    pub fn message(&self, outcome: Outcome) {
+        self.messages.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    /// How many messages ended with `outcome` (tests and diagnostics).
+    pub fn messages_with(&self, outcome: Outcome) -> u64 {
+        self.messages.with_label_values(&[outcome.as_str()]).get()
+    }
+}

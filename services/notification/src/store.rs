@@ -1,0 +1,212 @@
+//! Postgres access for the `notify` schema.
+
+use chrono::{DateTime, Utc};
+use payflow_common::ids::UserId;
+use serde_json::{json, Value};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::events::{NewNotification, NotificationType};
+
+/// Most notifications the list endpoint returns.
+pub const LIST_LIMIT: i64 = 50;
+
+/// A stored notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub user_id: UserId,
+    pub kind: NotificationType,
+    pub message: String,
+    pub transaction_id: Option<Uuid>,
+    pub read: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Notification {
+    /// The public JSON shape (API answers and webhook bodies alike).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "user_id": self.user_id,
+            "type": self.kind.as_str(),
+            "message": self.message,
+            "transaction_id": self.transaction_id,
+            "read": self.read,
+            "created_at": payflow_common::telemetry::rfc3339(self.created_at),
+        })
+    }
+}
+
+const COLUMNS: &str = "id, event_id, user_id, type, message, transaction_id, read, created_at";
+
+fn from_row(row: &PgRow) -> sqlx::Result<Notification> {
+    let kind: String = row.try_get("type")?;
+    Ok(Notification {
+        id: row.try_get("id")?,
+        event_id: row.try_get("event_id")?,
+        user_id: row.try_get("user_id")?,
+        // The CHECK constraint only admits known types; anything else is a
+        // schema/code mismatch worth an error rather than a guess.
+        kind: NotificationType::parse(&kind).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "type".into(),
+            source: format!("unknown notification type {kind:?}").into(),
+        })?,
+        message: row.try_get("message")?,
+        transaction_id: row.try_get("transaction_id")?,
+        read: row.try_get("read")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// What storing an event did.
+#[derive(Debug)]
+pub enum Recorded {
+    /// Newly stored notifications (to be delivered).
+    Stored(Vec<Notification>),
+    /// The message id was processed before, or every notification already
+    /// existed: nothing new.
+    Duplicate,
+}
+
+/// Stores the notifications of one event in one transaction, keyed by its
+/// message id: a message seen before stores nothing.
+pub async fn record_event(
+    pool: &PgPool,
+    message_id: Uuid,
+    kind: &str,
+    new: &[NewNotification],
+) -> sqlx::Result<Recorded> {
+    let mut tx = pool.begin().await?;
+    let first = sqlx::query(
+        "INSERT INTO notify.processed_messages (message_id, kind) VALUES ($1, $2) \
+         ON CONFLICT (message_id) DO NOTHING",
+    )
+    .bind(message_id)
+    .bind(kind)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !first {
+        tx.rollback().await?;
+        return Ok(Recorded::Duplicate);
+    }
+    let mut stored = Vec::with_capacity(new.len());
+    for n in new {
+        // No conflict target: either unique guard (per event, per
+        // transaction) turns a repeat into "nothing inserted".
+        let row = sqlx::query(&format!(
+            "INSERT INTO notify.notifications \
+             (id, event_id, user_id, type, message, transaction_id, occurred_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
+        ))
+        .bind(Uuid::now_v7())
+        .bind(message_id)
+        .bind(n.user_id)
+        .bind(n.kind.as_str())
+        .bind(&n.message)
+        .bind(n.transaction_id)
+        .bind(n.occurred_at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = row {
+            stored.push(from_row(&row)?);
+        }
+    }
+    tx.commit().await?;
+    Ok(if stored.is_empty() { Recorded::Duplicate } else { Recorded::Stored(stored) })
+}
+
+/// A user's newest notifications first.
+pub async fn list_for_user(pool: &PgPool, user: UserId, limit: i64) -> sqlx::Result<Vec<Notification>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM notify.notifications WHERE user_id = $1 \
+         ORDER BY created_at DESC, id DESC LIMIT $2"
+    ))
+    .bind(user)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Result of marking a notification read on behalf of `user`.
+#[derive(Debug)]
+pub enum MarkRead {
+    Done(Notification),
+    NotFound,
+    /// It exists but belongs to someone else.
+    NotYours,
+}
+
+/// Marks the caller's notification read. Idempotent: marking it again keeps
+/// the first `read_at`.
+pub async fn mark_read(pool: &PgPool, id: Uuid, user: UserId) -> sqlx::Result<MarkRead> {
+    let row = sqlx::query(&format!(
+        "UPDATE notify.notifications SET read = true, read_at = COALESCE(read_at, now()) \
+         WHERE id = $1 AND user_id = $2 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(user)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(row) = row {
+        return Ok(MarkRead::Done(from_row(&row)?));
+    }
+    let exists =
+        sqlx::query("SELECT 1 FROM notify.notifications WHERE id = $1").bind(id).fetch_optional(pool).await?.is_some();
+    Ok(if exists { MarkRead::NotYours } else { MarkRead::NotFound })
+}
+
+/// How one delivery attempt went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryResult {
+    Ok,
+    /// The channel had nothing to do (e.g. no e-mail address known).
+    Skipped(String),
+    Failed(String),
+}
+
+impl DeliveryResult {
+    pub fn label(&self) -> &'static str {
+        match self {
+            DeliveryResult::Ok => "ok",
+            DeliveryResult::Skipped(_) => "skipped",
+            DeliveryResult::Failed(_) => "failed",
+        }
+    }
+
+    fn error(&self) -> Option<&str> {
+        match self {
+            DeliveryResult::Ok => None,
+            DeliveryResult::Skipped(e) | DeliveryResult::Failed(e) => Some(e),
+        }
+    }
+}
+
+/// Longest error text kept per delivery attempt.
+const MAX_ERROR_CHARS: usize = 1000;
+
+pub async fn record_delivery(
+    pool: &PgPool,
+    notification_id: Uuid,
+    channel: &str,
+    result: &DeliveryResult,
+) -> sqlx::Result<()> {
+    let error = result.error().map(|e| e.chars().take(MAX_ERROR_CHARS).collect::<String>());
+    sqlx::query(
+        "INSERT INTO notify.deliveries (notification_id, channel, result, error) \
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(notification_id)
+    .bind(channel)
+    .bind(result.label())
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

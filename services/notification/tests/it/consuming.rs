@@ -1,0 +1,285 @@
+//! Events in, notifications stored: once per event and recipient, poison to
+//! the dead-letter queue.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use lapin::BasicProperties;
+use payflow_common::ids::UserId;
+use payflow_notification::metrics::Outcome;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::harness::{event, Harness};
+
+const COMPLETED: &str = "transaction.completed";
+const FAILED: &str = "transaction.failed";
+
+#[tokio::test]
+async fn completed_event_notifies_sender_and_receiver() {
+    let h = Harness::start().await;
+    let (alice, bob, tx) = (UserId::new(), UserId::new(), Uuid::new_v4());
+    h.publish(Uuid::new_v4(), COMPLETED, &event(tx, alice, bob, "10.00", "COMPLETED", None)).await;
+
+    let sent = h.wait_for_notifications(alice, 1).await;
+    let received = h.wait_for_notifications(bob, 1).await;
+    let (sent, received) = (&sent[0], &received[0]);
+
+    // Exactly the contract's fields.
+    let keys: HashSet<&str> = sent.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, HashSet::from(["id", "user_id", "type", "message", "transaction_id", "read", "created_at"]));
+    assert_eq!(sent["user_id"], alice.to_string());
+    assert_eq!(sent["type"], "TRANSACTION_COMPLETED");
+    assert_eq!(sent["message"], "You sent 10.00 USD");
+    assert_eq!(sent["transaction_id"], tx.to_string());
+    assert_eq!(sent["read"], false);
+    let created = sent["created_at"].as_str().unwrap();
+    assert!(chrono::DateTime::parse_from_rfc3339(created).is_ok() && created.ends_with('Z'), "{created}");
+
+    assert_eq!(received["user_id"], bob.to_string());
+    assert_eq!(received["type"], "TRANSACTION_RECEIVED");
+    assert_eq!(received["message"], "You received 10.00 USD");
+    assert_eq!(received["transaction_id"], tx.to_string());
+
+    h.wait_for_outcome(Outcome::Stored, 1).await;
+    // The log channel is always on and every attempt is recorded.
+    for user in [alice, bob] {
+        assert_eq!(h.deliveries_of(user).await, vec![("log".to_string(), "ok".to_string(), None)]);
+    }
+    let c = &h.state.counters;
+    assert_eq!(c.stored.with_label_values(&["TRANSACTION_COMPLETED"]).get(), 1);
+    assert_eq!(c.stored.with_label_values(&["TRANSACTION_RECEIVED"]).get(), 1);
+    assert_eq!(c.deliveries.with_label_values(&["log", "ok"]).get(), 2);
+
+    // The metrics are scraped with the rest of the service's.
+    let text = h.http.get(format!("{}/metrics", h.base)).send().await.unwrap().text().await.unwrap();
+    for name in [
+        "payflow_notification_messages_total",
+        "payflow_notifications_stored_total",
+        "payflow_notification_deliveries_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn failed_event_notifies_the_sender_only() {
+    let h = Harness::start().await;
+    let (alice, bob, tx) = (UserId::new(), UserId::new(), Uuid::new_v4());
+    h.publish(Uuid::new_v4(), FAILED, &event(tx, alice, bob, "25.5", "FAILED", Some("Transfer timed out"))).await;
+    h.wait_for_outcome(Outcome::Stored, 1).await;
+
+    let list = h.notifications_of(alice).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["type"], "TRANSACTION_FAILED");
+    assert_eq!(list[0]["message"], "Your transfer of 25.50 USD failed: Transfer timed out");
+    assert_eq!(list[0]["transaction_id"], tx.to_string());
+    assert!(h.notifications_of(bob).await.is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_event_twice_is_stored_once() {
+    let h = Harness::start().await;
+    let (alice, bob, tx) = (UserId::new(), UserId::new(), Uuid::new_v4());
+    let id = Uuid::new_v4();
+    let body = event(tx, alice, bob, "1.00", "COMPLETED", None);
+    h.publish(id, COMPLETED, &body).await;
+    h.publish(id, COMPLETED, &body).await;
+    h.wait_for_outcome(Outcome::Stored, 1).await;
+    h.wait_for_outcome(Outcome::Duplicate, 1).await;
+
+    // A producer that re-emits the same completion under a new message id is
+    // caught by the per-transaction guard.
+    h.publish(Uuid::new_v4(), COMPLETED, &body).await;
+    h.wait_for_outcome(Outcome::Duplicate, 2).await;
+
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM notify.notifications WHERE transaction_id = $1")
+        .bind(tx)
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2, "one per recipient");
+    assert_eq!(h.notifications_of(alice).await.len(), 1);
+    assert_eq!(h.notifications_of(bob).await.len(), 1);
+    // Deliveries happened once too.
+    assert_eq!(h.deliveries_of(alice).await.len(), 1);
+    assert_eq!(h.state.counters.messages_with(Outcome::Poison), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_and_consuming_goes_on() {
+    let h = Harness::start().await;
+    let (alice, bob) = (UserId::new(), UserId::new());
+    let good = |tx| event(tx, alice, bob, "3.00", "COMPLETED", None);
+    let props = |id: Uuid, kind: &str| {
+        BasicProperties::default()
+            .with_message_id(id.to_string().into())
+            .with_type(kind.into())
+            .with_content_type("application/json".into())
+    };
+
+    let bad_json = Uuid::new_v4();
+    h.publish_raw(COMPLETED, props(bad_json, COMPLETED), b"{not json").await;
+    // No message id at all.
+    h.publish_raw(
+        COMPLETED,
+        BasicProperties::default().with_type(COMPLETED.into()),
+        &serde_json::to_vec(&good(Uuid::new_v4())).unwrap(),
+    )
+    .await;
+    let unknown_type = Uuid::new_v4();
+    h.publish(unknown_type, "transaction.exploded", &good(Uuid::new_v4())).await;
+    let mismatch = Uuid::new_v4();
+    h.publish(mismatch, COMPLETED, &event(Uuid::new_v4(), alice, bob, "3.00", "FAILED", Some("x"))).await;
+    let bad_amount = Uuid::new_v4();
+    h.publish(bad_amount, COMPLETED, &event(Uuid::new_v4(), alice, bob, "1e3", "COMPLETED", None)).await;
+
+    // The consumer keeps going after all of them.
+    let tx = Uuid::new_v4();
+    h.publish(Uuid::new_v4(), COMPLETED, &good(tx)).await;
+    h.wait_for_outcome(Outcome::Stored, 1).await;
+    h.wait_for_outcome(Outcome::Poison, 5).await;
+    let list = h.wait_for_notifications(alice, 1).await;
+    assert_eq!(list[0]["transaction_id"], tx.to_string());
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut dead = Vec::new();
+    while dead.len() < 5 {
+        match h.take_dead_letter().await {
+            Some(m) => dead.push(m),
+            None => {
+                assert!(Instant::now() < deadline, "timed out waiting for dead letters");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    // Nothing beyond the five.
+    assert!(h.take_dead_letter().await.is_none());
+    assert_eq!(dead.len(), 5);
+    let ids: HashSet<String> =
+        dead.iter().filter_map(|m| m.delivery.properties.message_id().as_ref().map(|s| s.to_string())).collect();
+    let expected: HashSet<String> =
+        [bad_json, unknown_type, mismatch, bad_amount].iter().map(Uuid::to_string).collect();
+    assert_eq!(ids, expected, "plus the one without an id");
+    let bodies: Vec<&[u8]> = dead.iter().map(|m| m.delivery.data.as_slice()).collect();
+    assert!(bodies.contains(&b"{not json".as_slice()));
+    // The broker marks why it dead-lettered them.
+    let reason =
+        dead[0].delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-first-death-reason").cloned());
+    assert!(
+        matches!(&reason, Some(lapin::types::AMQPValue::LongString(s)) if s.to_string() == "rejected"),
+        "{reason:?}"
+    );
+    assert!(
+        h.notifications_of(bob).await.iter().all(|n| n["transaction_id"] == Value::String(tx.to_string())),
+        "nothing stored from the poison messages"
+    );
+    h.stop().await;
+}
+
+/// The RabbitMQ management API of the test stack.
+fn management_url() -> reqwest::Url {
+    let raw = std::env::var("PAYFLOW_TEST_RABBITMQ_MANAGEMENT_URL")
+        .expect("PAYFLOW_TEST_RABBITMQ_MANAGEMENT_URL is not set: start the test stack with PAYFLOW_STACK_RABBITMQ=1");
+    raw.parse().expect("management URL")
+}
+
+/// Names of the broker connections consuming `queue`.
+async fn consumer_connections(http: &reqwest::Client, queue: &str) -> Vec<String> {
+    let mut url = management_url();
+    let (user, pass) = (url.username().to_string(), url.password().unwrap_or_default().to_string());
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.path_segments_mut().expect("base").extend(["api", "queues", "/", queue]);
+    let res = http.get(url).basic_auth(user, Some(pass)).send().await.expect("management API");
+    if !res.status().is_success() {
+        return Vec::new();
+    }
+    let body: Value = res.json().await.expect("json");
+    body["consumer_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["channel_details"]["connection_name"].as_str().map(str::to_string))
+        .collect()
+}
+
+async fn close_connection(http: &reqwest::Client, name: &str) {
+    let mut url = management_url();
+    let (user, pass) = (url.username().to_string(), url.password().unwrap_or_default().to_string());
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.path_segments_mut().expect("base").extend(["api", "connections", name]);
+    let res = http
+        .delete(url)
+        .basic_auth(user, Some(pass))
+        .header("x-reason", "test: broker connection lost")
+        .send()
+        .await
+        .expect("management API");
+    assert!(res.status().is_success(), "closing {name}: {}", res.status());
+}
+
+#[tokio::test]
+async fn the_consumer_reconnects_after_losing_the_broker() {
+    let h = Harness::start().await;
+    let (alice, bob) = (UserId::new(), UserId::new());
+    h.publish(Uuid::new_v4(), COMPLETED, &event(Uuid::new_v4(), alice, bob, "1.00", "COMPLETED", None)).await;
+    h.wait_for_outcome(Outcome::Stored, 1).await;
+
+    let queue = h.topology.notifications_queue();
+    let before = crate::harness::eventually("the consumer on the broker", || async {
+        let c = consumer_connections(&h.http, &queue).await;
+        (c.len() == 1).then_some(c)
+    })
+    .await;
+    close_connection(&h.http, &before[0]).await;
+
+    // Published while the consumer is (probably) away: the queue keeps it.
+    h.publish(Uuid::new_v4(), COMPLETED, &event(Uuid::new_v4(), alice, bob, "2.00", "COMPLETED", None)).await;
+    h.wait_for_outcome(Outcome::Stored, 2).await;
+    assert_eq!(h.notifications_of(alice).await.len(), 2);
+    // The management API's view lags a few seconds behind the broker.
+    crate::harness::eventually("one new consumer connection", || async {
+        let after = consumer_connections(&h.http, &queue).await;
+        (after.len() == 1 && after != before).then_some(())
+    })
+    .await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn database_errors_return_the_message_until_the_delivery_limit() {
+    // Every session of the service's pool is read-only, so storing fails with
+    // a permanent database error (25006) on each delivery.
+    let read_only = format!("{}?options=-c%20default_transaction_read_only%3Don", crate::harness::database_url());
+    let h = Harness::start_with(&[("database-url", read_only), ("amqp-delivery-limit", "2".to_string())]).await;
+    let (alice, bob) = (UserId::new(), UserId::new());
+    let id = Uuid::new_v4();
+    h.publish(id, COMPLETED, &event(Uuid::new_v4(), alice, bob, "4.00", "COMPLETED", None)).await;
+
+    // Nacked with requeue each time, then dead-lettered by the broker: no endless loop.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let dead = loop {
+        if let Some(m) = h.take_dead_letter().await {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for the dead letter");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(dead.delivery.properties.message_id().as_ref().map(|s| s.to_string()), Some(id.to_string()));
+    let reason =
+        dead.delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-first-death-reason").cloned());
+    assert!(
+        matches!(&reason, Some(lapin::types::AMQPValue::LongString(s)) if s.to_string() == "delivery_limit"),
+        "{reason:?}"
+    );
+    let errors = h.state.counters.messages_with(Outcome::Error);
+    assert!(errors >= 2, "{errors} attempts");
+    assert_eq!(h.state.counters.messages_with(Outcome::Stored), 0);
+    assert!(h.notifications_of(alice).await.is_empty());
+    h.stop().await;
+}

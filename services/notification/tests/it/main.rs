@@ -1,0 +1,11 @@
+//! End-to-end tests of the notification service against real Postgres and
+//! RabbitMQ. Start them with
+//! `PAYFLOW_STACK_RABBITMQ=1 PAYFLOW_PG_FAST=1 bash scripts/stack.sh start test`
+//! and `eval "$(PAYFLOW_STACK_RABBITMQ=1 bash scripts/stack.sh env test)"`.
+
+mod harness;
+
+mod api;
+mod consuming;
+mod run;
+mod webhook;

@@ -1,0 +1,291 @@
+//! Sending money end to end, through the gateway, with the relay and a worker
+//! on a real RabbitMQ, followed by the money invariants.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::harness::{get, Options, Stack, User};
+
+pub struct Sent {
+    pub status: u16,
+    pub replayed: bool,
+    pub body: Value,
+}
+
+pub async fn send(s: &Stack, from: &User, to: &str, amount: Value, key: Option<&str>) -> Sent {
+    let mut req = s
+        .http
+        .post(s.url("/api/transactions"))
+        .bearer_auth(&from.access)
+        .json(&json!({"toUserId": to, "amount": amount}));
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    let res = req.send().await.expect("send");
+    let status = res.status().as_u16();
+    let replayed = res.headers().get("idempotent-replayed").is_some_and(|v| v == "true");
+    Sent { status, replayed, body: res.json().await.unwrap_or(Value::Null) }
+}
+
+/// Waits until every id is COMPLETED or FAILED (read from the database).
+pub async fn wait_final(s: &Stack, ids: &[Uuid], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM txn.transactions WHERE id = ANY($1) AND status NOT IN ('COMPLETED', 'FAILED')",
+        )
+        .bind(ids)
+        .fetch_one(&s.pool)
+        .await
+        .expect("count");
+        let known: i64 = sqlx::query_scalar("SELECT count(*) FROM txn.transactions WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_one(&s.pool)
+            .await
+            .expect("count");
+        if open == 0 && known == ids.len() as i64 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{open} of {} transactions still open (known: {known})", ids.len());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The invariants: the ledger check (sum zero, balances match entries, holds
+/// match pending transfers, no negative available balance, every posted
+/// transfer moved once), and every final transaction agrees with wallet.
+pub async fn assert_invariants(s: &Stack, ids: &[Uuid]) {
+    s.assert_ledger_ok().await;
+    let disagreeing: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
+        "SELECT t.id, t.status, w.state FROM txn.transactions t LEFT JOIN wallet.transfers w ON w.id = t.id \
+         WHERE t.id = ANY($1) AND ((t.status = 'COMPLETED' AND w.state IS DISTINCT FROM 'posted') \
+            OR (t.status = 'FAILED' AND w.state = 'posted') OR t.status NOT IN ('COMPLETED', 'FAILED'))",
+    )
+    .bind(ids)
+    .fetch_all(&s.pool)
+    .await
+    .expect("query");
+    assert!(disagreeing.is_empty(), "transactions disagreeing with wallet: {disagreeing:?}");
+    let events: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT (body->>'transactionId')::uuid, count(*) FROM txn.outbox WHERE destination = 'events' \
+         AND (body->>'transactionId')::uuid = ANY($1) GROUP BY 1 HAVING count(*) <> 1",
+    )
+    .bind(ids)
+    .fetch_all(&s.pool)
+    .await
+    .expect("query");
+    assert!(events.is_empty(), "each final transaction has exactly one event: {events:?}");
+}
+
+fn id_of(sent: &Sent) -> Uuid {
+    sent.body["id"].as_str().and_then(|i| Uuid::parse_str(i).ok()).unwrap_or_else(|| panic!("no id in {}", sent.body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_money_end_to_end() {
+    let s = Stack::start().await;
+    let a = s.register().await;
+    let b = s.register().await;
+    let started = Instant::now();
+    let sent = send(&s, &a, &b.id, json!(50.25), None).await;
+    assert_eq!(sent.status, 201, "{}", sent.body);
+    assert_eq!(sent.body["status"], "PENDING");
+    assert_eq!(sent.body["message"], "Transaction queued for processing");
+    assert_eq!(sent.body["amount"], "50.25");
+    assert_eq!(sent.body["from_user_id"], a.id.as_str());
+    assert!(sent.body["timestamp"].is_string());
+    let id = id_of(&sent);
+
+    let (_, wallet) = get(&s, &format!("/api/wallets/{}", a.id), &a.access).await;
+    assert!(wallet["available_balance"] == "949.75", "held at once: {wallet}");
+
+    wait_final(&s, &[id], Duration::from_secs(15)).await;
+    let (status, t) = get(&s, &format!("/api/transactions/{id}"), &a.access).await;
+    assert_eq!((status, t["status"].as_str()), (200, Some("COMPLETED")), "{t}");
+    assert!(t["completed_at"].is_string());
+    eprintln!("settled in {:?}", started.elapsed());
+
+    let (_, wa) = get(&s, &format!("/api/wallets/{}", a.id), &a.access).await;
+    let (_, wb) = get(&s, &format!("/api/wallets/{}", b.id), &b.access).await;
+    assert_eq!((wa["balance"].as_str(), wa["available_balance"].as_str()), (Some("949.75"), Some("949.75")));
+    assert_eq!((wb["balance"].as_str(), wb["available_balance"].as_str()), (Some("1050.25"), Some("1050.25")));
+
+    // Both parties see it; a stranger does not.
+    let (_, list) = get(&s, "/api/transactions", &b.access).await;
+    assert_eq!(list[0]["id"], id.to_string().as_str());
+    let c = s.register().await;
+    assert_eq!(get(&s, &format!("/api/transactions/{id}"), &c.access).await.0, 404);
+    assert_eq!(get(&s, &format!("/api/transactions?userId={}", a.id), &c.access).await.0, 403);
+    let (_, list) = get(&s, "/api/transactions?status=COMPLETED&limit=1", &a.access).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    assert_invariants(&s, &[id]).await;
+}
+
+#[tokio::test]
+async fn synchronous_refusals_and_amount_rules() {
+    let s = Stack::start().await;
+    let a = s.register().await;
+    let b = s.register().await;
+
+    let sent = send(&s, &a, &a.id, json!(1), None).await;
+    assert_eq!(sent.status, 400, "self-transfer: {}", sent.body);
+    let sent = send(&s, &a, &Uuid::new_v4().to_string(), json!(1), None).await;
+    assert_eq!((sent.status, sent.body["error"].as_str()), (404, Some("Recipient not found")));
+    let sent = send(&s, &a, &b.id, json!("1000.01"), None).await;
+    assert_eq!((sent.status, sent.body["error"].as_str()), (422, Some("Insufficient funds")));
+    for bad in
+        [json!(0), json!(-1), json!(1.001), json!("1e3"), json!("abc"), json!(1000000.01), json!(null), json!(true)]
+    {
+        let sent = send(&s, &a, &b.id, bad.clone(), None).await;
+        assert_eq!(sent.status, 400, "{bad}: {}", sent.body);
+        assert_eq!(sent.body["details"][0]["path"], "amount", "{bad}: {}", sent.body);
+    }
+    for good in [json!(50), json!(50.5), json!("0.01")] {
+        assert_eq!(send(&s, &a, &b.id, good.clone(), None).await.status, 201, "{good}");
+    }
+    let res = s
+        .http
+        .post(s.url("/api/transactions"))
+        .bearer_auth(&a.access)
+        .json(&json!({"toUserId": b.id, "amount": 1, "fromUserId": b.id}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 403, "fromUserId must be the caller");
+    // Nothing refused left a transaction behind.
+    let (_, list) = get(&s, "/api/transactions", &a.access).await;
+    assert_eq!(list.as_array().map(Vec::len), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_semantics() {
+    let s = Stack::start().await;
+    let a = s.register().await;
+    let b = s.register().await;
+    let key = format!("key-{}", Uuid::new_v4());
+
+    let first = send(&s, &a, &b.id, json!(10), Some(&key)).await;
+    assert_eq!(first.status, 201);
+    assert!(!first.replayed);
+    let again = send(&s, &a, &b.id, json!(10), Some(&key)).await;
+    assert_eq!((again.status, again.replayed), (201, true));
+    assert_eq!(again.body, first.body, "same body, same transaction");
+    // The same request written differently is the same request.
+    let same = send(&s, &a, &b.id, json!("10.00"), Some(&key)).await;
+    assert_eq!((same.status, same.replayed, id_of(&same)), (201, true, id_of(&first)));
+    let other = send(&s, &a, &b.id, json!(11), Some(&key)).await;
+    assert_eq!(other.status, 422, "{}", other.body);
+
+    // Redis loses everything: Postgres still knows.
+    let mut redis = redis::Client::open(crate::harness::redis_url())
+        .expect("redis")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let key2 = format!("key-{}", Uuid::new_v4());
+    let one = send(&s, &a, &b.id, json!(1), Some(&key2)).await;
+    redis::cmd("FLUSHALL").query_async::<()>(&mut redis).await.expect("flush");
+    let two = send(&s, &a, &b.id, json!(1), Some(&key2)).await;
+    assert_eq!((two.status, two.replayed, id_of(&two)), (201, true, id_of(&one)));
+
+    // 50 at once with one key: one transfer.
+    let key3 = format!("key-{}", Uuid::new_v4());
+    let all = futures::future::join_all((0..50).map(|_| send(&s, &a, &b.id, json!(2), Some(&key3)))).await;
+    let ids: HashSet<String> = all.iter().filter(|r| r.status == 201).map(|r| id_of(r).to_string()).collect();
+    assert_eq!(ids.len(), 1, "{:?}", all.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert!(
+        all.iter().all(|r| r.status == 201 || r.status == 409),
+        "{:?}",
+        all.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    let count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM txn.transactions WHERE from_user_id = $1::uuid AND amount = 200")
+            .bind(&a.id)
+            .fetch_one(&s.pool)
+            .await
+            .expect("count");
+    assert_eq!(count, 1);
+
+    let ids = [id_of(&first), id_of(&one), ids.iter().next().and_then(|i| Uuid::parse_str(i).ok()).expect("id")];
+    wait_final(&s, &ids, Duration::from_secs(15)).await;
+    assert_invariants(&s, &ids).await;
+    let (_, w) = get(&s, &format!("/api/wallets/{}", a.id), &a.access).await;
+    assert_eq!(w["balance"], "987.00", "10 + 1 + 2 moved once each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_users_paying_each_other_at_once() {
+    let s = Stack::start().await;
+    let mut users = Vec::new();
+    for _ in 0..6 {
+        users.push(s.register().await);
+    }
+    // Every ordered pair, both directions at once, several times.
+    let mut calls = Vec::new();
+    for round in 0..4 {
+        for (i, from) in users.iter().enumerate() {
+            for (j, to) in users.iter().enumerate() {
+                if i != j {
+                    calls.push(send(&s, from, &to.id, json!(format!("{}.{:02}", 3 + round, i * 7 + j)), None));
+                }
+            }
+        }
+    }
+    let results = futures::future::join_all(calls).await;
+    assert!(
+        results.iter().all(|r| r.status == 201),
+        "{:?}",
+        results.iter().map(|r| (r.status, r.body.clone())).find(|r| r.0 != 201)
+    );
+    let ids: Vec<Uuid> = results.iter().map(id_of).collect();
+    wait_final(&s, &ids, Duration::from_secs(60)).await;
+    assert_invariants(&s, &ids).await;
+    let completed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM txn.transactions WHERE id = ANY($1) AND status = 'COMPLETED'")
+            .bind(&ids)
+            .fetch_one(&s.pool)
+            .await
+            .expect("count");
+    assert_eq!(completed, ids.len() as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reversal_racing_a_worker_settles_each_transaction_once() {
+    let s = Stack::start_with(Options { worker: false, ..Default::default() }).await;
+    let a = s.register().await;
+    let b = s.register().await;
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        let sent = send(&s, &a, &b.id, json!(1), None).await;
+        assert_eq!(sent.status, 201);
+        ids.push(id_of(&sent));
+    }
+    // Messages are queued; now a worker and two reversals go at once.
+    let cancel = payflow_common::shutdown::CancellationToken::new();
+    let worker = tokio::spawn(payflow_transaction::worker::run(s.worker_cfg.clone(), cancel.clone()));
+    let wallet = payflow_transaction::wallet_client::WalletClient::new(&s.reversal_wallet).expect("client");
+    // Scoped to this test's sender: other tests' transactions are not ours to reverse.
+    let senders = [Uuid::parse_str(&a.id).expect("id")];
+    let (r1, r2) = tokio::join!(
+        payflow_transaction::reversal::reverse(&s.pool, &wallet, Duration::ZERO, 7, Some(&senders)),
+        payflow_transaction::reversal::reverse(&s.pool, &wallet, Duration::ZERO, 5, Some(&senders))
+    );
+    let (r1, r2) = (r1.expect("reversal"), r2.expect("reversal"));
+    wait_final(&s, &ids, Duration::from_secs(20)).await;
+    cancel.cancel();
+    let _ = worker.await;
+    eprintln!("reversal reports: {r1:?} {r2:?}");
+    assert_invariants(&s, &ids).await;
+    let (_, w) = get(&s, &format!("/api/wallets/{}", a.id), &a.access).await;
+    let completed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM txn.transactions WHERE id = ANY($1) AND status = 'COMPLETED'")
+            .bind(&ids)
+            .fetch_one(&s.pool)
+            .await
+            .expect("count");
+    assert_eq!(w["balance"], format!("{}.00", 1000 - completed), "only completed ones moved");
+    assert_eq!(w["available_balance"], w["balance"], "no hold left behind");
+}

@@ -1,0 +1,124 @@
+//! Idempotency-Key, with Postgres as the source of truth: one row per
+//! (user, key), bound to a fingerprint of the request. (The gateway keeps a
+//! Redis copy of finished answers as a fast path; losing it changes nothing.)
+
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// After this long, an unfinished record is presumed abandoned by a crash.
+const STALE_SECS: f64 = 30.0;
+
+#[derive(Debug)]
+pub enum Begin {
+    /// First use of the key: go ahead.
+    Fresh,
+    /// Finished earlier: answer exactly this again.
+    Replay { status: u16, body: String },
+    /// Same key, different request.
+    Mismatch,
+    /// The first request is still being handled.
+    InFlight,
+    /// Abandoned after its transaction was recorded: answer from that transaction.
+    Resume { transaction_id: Uuid },
+}
+
+/// 1-255 visible ASCII characters.
+pub fn valid_key(key: &str) -> bool {
+    (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// What binds a key to its request: the parsed request, not its bytes, so
+/// `50` and `"50.00"` are the same request.
+pub fn fingerprint(to: Uuid, amount: i64, currency: &str, description: Option<&str>) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(format!("v1|{to}|{amount}|{currency}|{}", description.unwrap_or("\u{0}")));
+    h.finalize().to_vec()
+}
+
+pub async fn begin(pool: &PgPool, user: Uuid, key: &str, fp: &[u8]) -> Result<Begin, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO txn.idempotency_keys (user_id, key, fingerprint) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(user)
+    .bind(key)
+    .bind(fp)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Begin::Fresh);
+    }
+    type Row = (Vec<u8>, Option<Uuid>, Option<i16>, Option<String>, bool, chrono::DateTime<chrono::Utc>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT fingerprint, transaction_id, response_status, response_body, \
+         extract(epoch FROM now() - created_at) > $3, created_at \
+         FROM txn.idempotency_keys WHERE user_id = $1 AND key = $2",
+    )
+    .bind(user)
+    .bind(key)
+    .bind(STALE_SECS)
+    .fetch_optional(pool)
+    .await?;
+    // Deleted in between (a released record): treat as in flight; the client retries.
+    let Some((stored_fp, txn, status, body, stale, created_at)) = row else { return Ok(Begin::InFlight) };
+    if stored_fp != fp {
+        return Ok(Begin::Mismatch);
+    }
+    if let (Some(status), Some(body)) = (status, body) {
+        return Ok(Begin::Replay { status: status as u16, body });
+    }
+    if !stale {
+        return Ok(Begin::InFlight);
+    }
+    if let Some(transaction_id) = txn {
+        return Ok(Begin::Resume { transaction_id });
+    }
+    // Take the abandoned record over, unless someone else just did.
+    let taken = sqlx::query(
+        "UPDATE txn.idempotency_keys SET created_at = now() \
+         WHERE user_id = $1 AND key = $2 AND completed_at IS NULL AND created_at = $3",
+    )
+    .bind(user)
+    .bind(key)
+    .bind(created_at)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(if taken == 1 { Begin::Fresh } else { Begin::InFlight })
+}
+
+/// Stores the answer of a resumed record.
+pub async fn finish(pool: &PgPool, user: Uuid, key: &str, status: u16, body: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE txn.idempotency_keys SET response_status = $3, response_body = $4, completed_at = now() \
+         WHERE user_id = $1 AND key = $2 AND completed_at IS NULL",
+    )
+    .bind(user)
+    .bind(key)
+    .bind(status as i16)
+    .bind(body)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Forgets an unfinished record (the request failed without a lasting effect),
+/// so the client can retry with the same key.
+pub async fn release(pool: &PgPool, user: Uuid, key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM txn.idempotency_keys WHERE user_id = $1 AND key = $2 AND completed_at IS NULL")
+        .bind(user)
+        .bind(key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Records older than the retention (at least 24 h) are deleted by the relay's housekeeping.
+pub async fn purge(pool: &PgPool, older_than_hours: i64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM txn.idempotency_keys WHERE created_at < now() - make_interval(hours => $1)")
+        .bind(older_than_hours as i32)
+        .execute(pool)
+        .await?
+        .rows_affected())
+}

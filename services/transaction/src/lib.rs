@@ -1,0 +1,47 @@
+//! Sending money: the transaction API with idempotency, the outbox relay, the
+//! settling worker (`payflow worker`) and the reversal (`payflow reverse-pending`).
+
+pub mod config;
+pub mod fault;
+pub mod idempotency;
+pub mod model;
+pub mod relay;
+pub mod reversal;
+mod routes;
+pub mod state;
+pub mod store;
+pub mod wallet_client;
+pub mod worker;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, ReversalConfig, WorkerConfig};
+pub use routes::router;
+pub use state::AppState;
+
+pub const SCHEMA: &str = "txn";
+pub const SERVICE_NAME: &str = "transaction-service";
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    payflow_common::db::migrate_schema(pool, SCHEMA, &MIGRATOR).await
+}
+
+/// Starts the relay and housekeeping tasks of a transaction service.
+pub fn spawn_background(state: &AppState, cfg: &Config, cancel: &CancellationToken) -> anyhow::Result<()> {
+    let metrics = relay::RelayMetrics::new(&state.metrics)?;
+    if cfg.relay {
+        tokio::spawn(relay::run(state.pool.clone(), cfg.amqp.clone(), metrics.clone(), cancel.clone()));
+    }
+    tokio::spawn(relay::housekeeping(state.pool.clone(), metrics, cancel.clone()));
+    Ok(())
+}
+
+/// Runs the transaction API (and, unless disabled, the outbox relay) until shutdown.
+pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
+    let state = AppState::new(&cfg).await?;
+    spawn_background(&state, &cfg, &cancel)?;
+    let listener = payflow_common::server::bind(cfg.listen.addr(cfg.port)).await?;
+    payflow_common::server::serve(listener, router(state), cancel).await
+}

@@ -1,0 +1,165 @@
+//! The outbox relay: publishes outbox rows with publisher confirms and marks
+//! them published only after the broker's ack. Rows are claimed with
+//! `FOR UPDATE SKIP LOCKED`, so several relays can run; a crash between
+//! publish and mark republishes, and every consumer deduplicates.
+
+use std::time::Duration;
+
+use payflow_messaging::{connect_with_retry, AmqpArgs, Message, Publisher, Topology};
+use prometheus::{Gauge, IntCounter, IntGauge};
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use payflow_common::metrics::Metrics;
+
+/// Rows published per round (one confirm round trip).
+const BATCH: i64 = 500;
+
+#[derive(Clone)]
+pub struct RelayMetrics {
+    pub published: IntCounter,
+    pub lag_seconds: Gauge,
+    pub pending_count: IntGauge,
+    pub pending_amount: IntGauge,
+}
+
+impl RelayMetrics {
+    pub fn new(m: &Metrics) -> anyhow::Result<Self> {
+        let r = Self {
+            published: IntCounter::new("payflow_outbox_published_total", "Outbox messages published and confirmed")?,
+            lag_seconds: Gauge::new("payflow_outbox_lag_seconds", "Age of the oldest unpublished outbox message")?,
+            pending_count: IntGauge::new("payflow_pending_transactions", "Transactions not yet COMPLETED or FAILED")?,
+            pending_amount: IntGauge::new(
+                "payflow_pending_amount_minor",
+                "Money in transactions not yet COMPLETED or FAILED, in minor units",
+            )?,
+        };
+        m.register(Box::new(r.published.clone()));
+        m.register(Box::new(r.lag_seconds.clone()));
+        m.register(Box::new(r.pending_count.clone()));
+        m.register(Box::new(r.pending_amount.clone()));
+        Ok(r)
+    }
+}
+
+/// Runs until `cancel`, reconnecting to RabbitMQ and Postgres as needed.
+pub async fn run(pool: PgPool, amqp: AmqpArgs, metrics: RelayMetrics, cancel: CancellationToken) {
+    let topology = amqp.topology();
+    while !cancel.is_cancelled() {
+        let Some(conn) = connect_with_retry(&amqp.amqp_url, cancel.cancelled()).await else { break };
+        match relay_connected(&pool, &conn, &topology, &metrics, &cancel).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(error = %e, "outbox relay interrupted; reconnecting"),
+        }
+        let _ = conn.close(200, "reconnecting").await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = cancel.cancelled() => break,
+        }
+    }
+}
+
+async fn relay_connected(
+    pool: &PgPool,
+    conn: &lapin::Connection,
+    topology: &Topology,
+    metrics: &RelayMetrics,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let publisher = Publisher::new(conn).await?;
+    topology.declare(publisher.channel()).await?;
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen("payflow_outbox").await?;
+    tracing::info!("outbox relay connected");
+    loop {
+        let n = publish_batch(pool, &publisher, topology, metrics).await?;
+        if n as i64 == BATCH {
+            continue;
+        }
+        tokio::select! {
+            r = listener.recv() => { r?; }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = cancel.cancelled() => return Ok(()),
+        }
+    }
+}
+
+type Row = (i64, Uuid, String, String, String, String, String, i64);
+
+async fn publish_batch(
+    pool: &PgPool,
+    publisher: &Publisher,
+    topology: &Topology,
+    metrics: &RelayMetrics,
+) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, message_id, destination, routing_key, kind, correlation_id, body::text, \
+         extract(epoch FROM created_at)::bigint FROM txn.outbox WHERE published_at IS NULL \
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        tx.commit().await?;
+        metrics.lag_seconds.set(0.0);
+        return Ok(0);
+    }
+    let oldest = rows.iter().map(|r| r.7).min().unwrap_or_default();
+    metrics.lag_seconds.set((chrono::Utc::now().timestamp() - oldest).max(0) as f64);
+    let batch: Vec<(String, String, Message)> = rows
+        .iter()
+        .map(|(_, message_id, destination, routing_key, kind, correlation_id, body, created)| {
+            let exchange = if destination == "work" { topology.work_exchange() } else { topology.events_exchange() };
+            let msg = Message {
+                id: *message_id,
+                kind: kind.clone(),
+                correlation_id: correlation_id.clone(),
+                timestamp: (*created).max(0) as u64,
+                body: body.clone().into_bytes(),
+            };
+            (exchange, routing_key.clone(), msg)
+        })
+        .collect();
+    publisher.publish_all(&batch).await?;
+    crate::fault::point("relay-after-publish");
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    sqlx::query("UPDATE txn.outbox SET published_at = now() WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
+    tx.commit().await?;
+    metrics.published.inc_by(ids.len() as u64);
+    Ok(ids.len())
+}
+
+/// Gauges and retention: pending count and amount every few seconds; old
+/// outbox rows and idempotency records (kept 48 h, at least the promised 24 h) hourly.
+pub async fn housekeeping(pool: PgPool, metrics: RelayMetrics, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        let pending: Result<(i64, i64), _> = sqlx::query_as(
+            "SELECT count(*), COALESCE(sum(amount), 0)::bigint FROM txn.transactions \
+             WHERE status IN ('PENDING', 'PROCESSING')",
+        )
+        .fetch_one(&pool)
+        .await;
+        if let Ok((count, amount)) = pending {
+            metrics.pending_count.set(count);
+            metrics.pending_amount.set(amount);
+        }
+        if n % 720 == 0 {
+            let outbox = sqlx::query("DELETE FROM txn.outbox WHERE published_at < now() - interval '1 hour'")
+                .execute(&pool)
+                .await;
+            let keys = crate::idempotency::purge(&pool, 48).await;
+            tracing::debug!(?outbox, ?keys, "retention pass");
+        }
+        n += 1;
+    }
+}

@@ -1,0 +1,227 @@
+//! `POST /api/transactions`: validate, deduplicate, record, hold, enqueue.
+//!
+//! Order of effects, each committed before the next starts:
+//! 1. the transaction row (PENDING), so any later crash leaves something the reversal finds;
+//! 2. the hold at wallet (a pending transfer with a timeout, keyed by the transaction id);
+//! 3. the settle message in the outbox together with the stored idempotent answer.
+//!
+//! A crash after 1 or 2 leaves a PENDING transaction without a message: the
+//! reversal voids its hold (or records a void of an id wallet never saw) and fails it.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use payflow_common::bearer::AuthUser;
+use payflow_common::correlation::CorrelationId;
+use payflow_common::error::{ApiError, ApiResult, FieldError};
+use payflow_common::extract::{parse_json, read_body};
+use payflow_common::money::parse_json_amount;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::idempotency::{self, Begin};
+use crate::state::AppState;
+use crate::store::{self, NewTransaction};
+use crate::wallet_client::Hold;
+
+/// Fields a client must never set; refused rather than silently ignored.
+const FORBIDDEN: &[&str] = &["id", "status", "balance", "error_message", "completed_at", "currency"];
+
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(rename = "toUserId")]
+    to_user_id: Option<Value>,
+    #[serde(borrow)]
+    amount: Option<&'a RawValue>,
+    #[serde(rename = "fromUserId")]
+    from_user_id: Option<Value>,
+    description: Option<Value>,
+}
+
+/// A request that passed validation.
+struct Valid {
+    to: Uuid,
+    amount: i64,
+    description: Option<String>,
+}
+
+fn validate(bytes: &[u8], caller: Uuid, s: &AppState) -> ApiResult<Valid> {
+    let map: serde_json::Map<String, Value> = parse_json(bytes)?;
+    let mut details: Vec<FieldError> = FORBIDDEN
+        .iter()
+        .filter(|f| map.contains_key(**f))
+        .map(|f| FieldError::new(*f, "must not be set by the client"))
+        .collect();
+    let body: Body = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::validation(vec![FieldError::new("body", e.to_string())]))?;
+
+    if let Some(from) = &body.from_user_id {
+        if from.as_str().and_then(|f| Uuid::parse_str(f).ok()) != Some(caller) {
+            return Err(ApiError::forbidden());
+        }
+    }
+    let to = match body.to_user_id.as_ref().map(|v| v.as_str().and_then(|t| Uuid::parse_str(t).ok())) {
+        None => {
+            details.push(FieldError::new("toUserId", "is required"));
+            None
+        }
+        Some(None) => {
+            details.push(FieldError::new("toUserId", "must be a user id (UUID)"));
+            None
+        }
+        Some(Some(t)) if t == caller => {
+            return Err(ApiError::bad_request(
+                "self_transfer",
+                "Cannot transfer to yourself",
+                vec![FieldError::new("toUserId", "must differ from the sender")],
+            ))
+        }
+        Some(Some(t)) => Some(t),
+    };
+    let amount = match body.amount {
+        None => {
+            details.push(FieldError::new("amount", "is required"));
+            None
+        }
+        Some(raw) => match parse_json_amount(raw, s.currency, s.max_amount) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                details.push(FieldError::new("amount", e.0));
+                None
+            }
+        },
+    };
+    let description = match body.description {
+        None | Some(Value::Null) => None,
+        Some(Value::String(d)) if d.chars().count() <= 255 => Some(d),
+        Some(_) => {
+            details.push(FieldError::new("description", "must be a string of at most 255 characters"));
+            None
+        }
+    };
+    match (to, amount) {
+        (Some(to), Some(amount)) if details.is_empty() => Ok(Valid { to, amount, description }),
+        _ => Err(ApiError::validation(details)),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    match v.to_str() {
+        Ok(k) if idempotency::valid_key(k) => Ok(Some(k.to_string())),
+        _ => Err(ApiError::validation(vec![FieldError::new(
+            "Idempotency-Key",
+            "must be 1-255 visible ASCII characters",
+        )])),
+    }
+}
+
+fn json_response(status: u16, body: String, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut res =
+        (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
+    if replayed {
+        res.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    res
+}
+
+pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> ApiResult<Response> {
+    let correlation_id =
+        req.extensions().get::<CorrelationId>().map(|c| c.0.clone()).unwrap_or_else(|| Uuid::new_v4().to_string());
+    let headers = req.headers().clone();
+    let bytes = read_body(req).await?;
+    let caller = user.id().0;
+    let v = validate(&bytes, caller, &s)?;
+    let key = idempotency_key(&headers)?;
+    let currency = s.currency.code().to_string();
+
+    if let Some(k) = &key {
+        let fp = idempotency::fingerprint(v.to, v.amount, &currency, v.description.as_deref());
+        match idempotency::begin(&s.pool, caller, k, &fp).await? {
+            Begin::Fresh => {}
+            Begin::Replay { status, body } => {
+                s.txn_metrics.replayed.inc();
+                return Ok(json_response(status, body, true));
+            }
+            Begin::Mismatch => {
+                return Err(ApiError::unprocessable(
+                    "idempotency_key_reused",
+                    "Idempotency-Key was already used with a different request",
+                ))
+            }
+            Begin::InFlight => {
+                return Err(ApiError::conflict(
+                    "idempotency_key_in_flight",
+                    "A request with this Idempotency-Key is still being processed",
+                ))
+            }
+            Begin::Resume { transaction_id } => return resume(&s, caller, k, transaction_id).await,
+        }
+    }
+
+    let new = NewTransaction {
+        id: Uuid::now_v7(),
+        from: caller,
+        to: v.to,
+        amount: v.amount,
+        currency,
+        description: v.description,
+        correlation_id,
+    };
+    let idem = key.as_deref().map(|k| (caller, k));
+    let t = match store::insert_pending(&s.pool, &new, idem).await {
+        Ok(t) => t,
+        Err(e) => {
+            release(&s, caller, key.as_deref()).await;
+            return Err(e.into());
+        }
+    };
+    match s.wallet.hold(t.id, t.from_user_id, t.to_user_id, t.amount, &t.currency, &new.correlation_id).await {
+        Hold::Held => {
+            let body = t.accepted_json();
+            store::accept(&s.pool, &t, idem, &body).await?;
+            s.txn_metrics.accepted.inc();
+            crate::fault::point("transaction-after-accept");
+            Ok(json_response(201, body.to_string(), false))
+        }
+        Hold::Refused(status, err) => {
+            let body = json!({"error": err["error"], "code": err["code"]});
+            store::reject(&s.pool, t.id, idem, status, &body).await?;
+            s.txn_metrics.rejected.with_label_values(&[&status.to_string()]).inc();
+            Ok(json_response(status, body.to_string(), false))
+        }
+        Hold::Unknown(reason) => {
+            tracing::warn!(transaction_id = %t.id, %reason, "hold outcome unknown; voiding");
+            // Nothing can have moved (no settle message exists): void and forget, or
+            // leave the PENDING row to the reversal if wallet is unreachable.
+            if matches!(s.wallet.void(t.id, &new.correlation_id).await, Ok(_)) {
+                store::reject(&s.pool, t.id, None, 503, &Value::Null).await?;
+            }
+            release(&s, caller, key.as_deref()).await;
+            Err(ApiError::unavailable("Payments are temporarily unavailable, please retry"))
+        }
+    }
+}
+
+async fn release(s: &AppState, caller: Uuid, key: Option<&str>) {
+    if let Some(k) = key {
+        if let Err(e) = idempotency::release(&s.pool, caller, k).await {
+            tracing::warn!(error = %e, "could not release idempotency record");
+        }
+    }
+}
+
+/// A record abandoned by a crash after its transaction was recorded: answer
+/// with that transaction as it is now, and remember the answer.
+async fn resume(s: &AppState, caller: Uuid, key: &str, id: Uuid) -> ApiResult<Response> {
+    let body = match store::get(&s.pool, id).await? {
+        Some(t) => t.accepted_json(),
+        None => return Err(ApiError::unavailable("Please retry")),
+    };
+    let text = body.to_string();
+    idempotency::finish(&s.pool, caller, key, 201, &text).await?;
+    Ok(json_response(201, text, true))
+}

@@ -1,0 +1,246 @@
+//! Database changes of the transaction domain. Status changes are guarded
+//! (`WHERE status IN ('PENDING','PROCESSING')`), so the worker and the
+//! reversal can race on one transaction and only one of them changes it; the
+//! events of a change are written to the outbox in the same commit.
+
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction as DbTx};
+use uuid::Uuid;
+
+use crate::model::{Status, Transaction, COLUMNS};
+
+/// A transfer the caller asked for, already validated.
+#[derive(Debug, Clone)]
+pub struct NewTransaction {
+    pub id: Uuid,
+    pub from: Uuid,
+    pub to: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub description: Option<String>,
+    pub correlation_id: String,
+}
+
+/// A message to publish, as stored in the outbox.
+pub struct OutboxMessage<'a> {
+    pub destination: &'a str,
+    pub routing_key: &'a str,
+    pub body: Value,
+    pub correlation_id: &'a str,
+}
+
+pub async fn insert_outbox(tx: &mut DbTx<'_, Postgres>, m: OutboxMessage<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO txn.outbox (message_id, destination, routing_key, kind, correlation_id, body) \
+         VALUES ($1, $2, $3, $3, $4, $5)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(m.destination)
+    .bind(m.routing_key)
+    .bind(m.correlation_id)
+    .bind(m.body)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records the transaction as PENDING (committed before wallet is asked, so a
+/// crash after the hold leaves a row the reversal finds).
+pub async fn insert_pending(
+    pool: &PgPool,
+    t: &NewTransaction,
+    idempotency: Option<(Uuid, &str)>,
+) -> Result<Transaction, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query_as::<_, Transaction>(&format!(
+        "INSERT INTO txn.transactions (id, from_user_id, to_user_id, amount, currency, description, status, correlation_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'PENDING', $7) RETURNING {COLUMNS}"
+    ))
+    .bind(t.id)
+    .bind(t.from)
+    .bind(t.to)
+    .bind(t.amount)
+    .bind(&t.currency)
+    .bind(&t.description)
+    .bind(&t.correlation_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if let Some((user, key)) = idempotency {
+        sqlx::query("UPDATE txn.idempotency_keys SET transaction_id = $3 WHERE user_id = $1 AND key = $2")
+            .bind(user)
+            .bind(key)
+            .bind(t.id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// The hold is placed: enqueue the settle request and remember the answer.
+pub async fn accept(
+    pool: &PgPool,
+    t: &Transaction,
+    idempotency: Option<(Uuid, &str)>,
+    response: &Value,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    insert_outbox(
+        &mut tx,
+        OutboxMessage {
+            destination: "work",
+            routing_key: payflow_messaging::topology::SETTLE,
+            body: serde_json::json!({"transactionId": t.id}),
+            correlation_id: t.correlation_id.as_deref().unwrap_or_default(),
+        },
+    )
+    .await?;
+    if let Some((user, key)) = idempotency {
+        complete_idempotency(&mut tx, user, key, 201, response).await?;
+    }
+    sqlx::query("SELECT pg_notify('payflow_outbox', '')").execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+/// Wallet refused the hold synchronously: nothing was held, so the row goes
+/// (the client got its error; nothing is left to reverse).
+pub async fn reject(
+    pool: &PgPool,
+    id: Uuid,
+    idempotency: Option<(Uuid, &str)>,
+    status: u16,
+    response: &Value,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if let Some((user, key)) = idempotency {
+        sqlx::query("UPDATE txn.idempotency_keys SET transaction_id = NULL WHERE user_id = $1 AND key = $2")
+            .bind(user)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        complete_idempotency(&mut tx, user, key, status, response).await?;
+    }
+    sqlx::query("DELETE FROM txn.transactions WHERE id = $1 AND status = 'PENDING'").bind(id).execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+async fn complete_idempotency(
+    tx: &mut DbTx<'_, Postgres>,
+    user: Uuid,
+    key: &str,
+    status: u16,
+    response: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE txn.idempotency_keys SET response_status = $3, response_body = $4, completed_at = now() \
+         WHERE user_id = $1 AND key = $2",
+    )
+    .bind(user)
+    .bind(key)
+    .bind(status as i16)
+    .bind(response.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Drives transactions to a final state after wallet decided, with their
+/// events, in one commit. Returns the rows that changed (already-final ones
+/// are skipped, so a redelivered message emits nothing twice).
+pub async fn finish(
+    pool: &PgPool,
+    completed: &[Uuid],
+    failed: &[(Uuid, String)],
+) -> Result<Vec<Transaction>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let changed = finish_in(&mut tx, completed, failed).await?;
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// [`finish`] inside a caller's database transaction (the reversal holds row locks).
+pub async fn finish_in(
+    tx: &mut DbTx<'_, Postgres>,
+    completed: &[Uuid],
+    failed: &[(Uuid, String)],
+) -> Result<Vec<Transaction>, sqlx::Error> {
+    let mut changed = Vec::new();
+    if !completed.is_empty() {
+        changed.extend(
+            sqlx::query_as::<_, Transaction>(&format!(
+                "UPDATE txn.transactions SET status = 'COMPLETED', completed_at = now(), \
+                 processing_started_at = COALESCE(processing_started_at, now()) \
+                 WHERE id = ANY($1) AND status IN ('PENDING', 'PROCESSING') RETURNING {COLUMNS}"
+            ))
+            .bind(completed)
+            .fetch_all(&mut **tx)
+            .await?,
+        );
+    }
+    if !failed.is_empty() {
+        let ids: Vec<Uuid> = failed.iter().map(|f| f.0).collect();
+        let reasons: Vec<String> = failed.iter().map(|f| f.1.clone()).collect();
+        changed.extend(
+            sqlx::query_as::<_, Transaction>(&format!(
+                "UPDATE txn.transactions t SET status = 'FAILED', completed_at = now(), error_message = f.reason \
+                 FROM unnest($1::uuid[], $2::text[]) AS f(id, reason) \
+                 WHERE t.id = f.id AND t.status IN ('PENDING', 'PROCESSING') RETURNING {}",
+                COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
+            ))
+            .bind(&ids)
+            .bind(&reasons)
+            .fetch_all(&mut **tx)
+            .await?,
+        );
+    }
+    for t in &changed {
+        let key = match t.status {
+            Status::Completed => payflow_messaging::topology::COMPLETED,
+            _ => payflow_messaging::topology::FAILED,
+        };
+        insert_outbox(
+            tx,
+            OutboxMessage {
+                destination: "events",
+                routing_key: key,
+                body: t.event_json(),
+                correlation_id: t.correlation_id.as_deref().unwrap_or_default(),
+            },
+        )
+        .await?;
+    }
+    if !changed.is_empty() {
+        sqlx::query("SELECT pg_notify('payflow_outbox', '')").execute(&mut **tx).await?;
+    }
+    Ok(changed)
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Transaction>, sqlx::Error> {
+    sqlx::query_as::<_, Transaction>(&format!("SELECT {COLUMNS} FROM txn.transactions WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The caller's transactions (sent or received), newest first.
+pub async fn list(
+    pool: &PgPool,
+    user: Uuid,
+    status: Option<Status>,
+    before: Option<Uuid>,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<Transaction>, sqlx::Error> {
+    sqlx::query_as::<_, Transaction>(&format!(
+        "SELECT {COLUMNS} FROM txn.transactions \
+         WHERE (from_user_id = $1 OR to_user_id = $1) AND ($2::text IS NULL OR status = $2) \
+         AND ($3::uuid IS NULL OR id < $3) ORDER BY id DESC OFFSET $4 LIMIT $5"
+    ))
+    .bind(user)
+    .bind(status)
+    .bind(before)
+    .bind(offset)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,123 @@
+//! Calls to wallet's internal transfer API. Every call is idempotent at
+//! wallet (keyed by the transfer id), so a transport failure is retried once
+//! and otherwise reported as an unknown outcome for the caller to resolve.
+
+use std::time::Duration;
+
+use payflow_common::correlation;
+use payflow_common::service_token;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::config::WalletArgs;
+
+#[derive(Clone)]
+pub struct WalletClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    pending_timeout_secs: u64,
+}
+
+/// Outcome of placing a hold.
+#[derive(Debug)]
+pub enum Hold {
+    Held,
+    /// Wallet said no (404 recipient, 422 funds, ...): status and error body to pass on.
+    Refused(u16, Value),
+    Unknown(String),
+}
+
+/// Outcome of posting or voiding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    Posted,
+    Voided,
+    NotFound,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("wallet call failed: {0}")]
+pub struct Unavailable(pub String);
+
+impl WalletClient {
+    pub fn new(args: &WalletArgs) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(256)
+            .build()?;
+        Ok(Self {
+            http,
+            base: args.wallet_url.trim_end_matches('/').to_string(),
+            token: args.service_token.service_token.clone(),
+            pending_timeout_secs: args.pending_timeout_secs,
+        })
+    }
+
+    async fn call(&self, path: &str, body: Option<&Value>, correlation_id: &str) -> Result<(u16, Value), String> {
+        let mut last = String::new();
+        for _ in 0..2 {
+            let mut req = self
+                .http
+                .post(format!("{}{path}", self.base))
+                .header(service_token::HEADER, &self.token)
+                .header(correlation::HEADER, correlation_id);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(res) if res.status().is_server_error() => last = format!("wallet answered {}", res.status()),
+                Ok(res) => {
+                    let status = res.status().as_u16();
+                    let body = res.json().await.unwrap_or(Value::Null);
+                    return Ok((status, body));
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    }
+
+    pub async fn hold(
+        &self,
+        id: Uuid,
+        from: Uuid,
+        to: Uuid,
+        amount: i64,
+        currency: &str,
+        correlation_id: &str,
+    ) -> Hold {
+        let body = json!({
+            "id": id, "fromUserId": from, "toUserId": to, "amount": amount,
+            "currency": currency, "timeoutSeconds": self.pending_timeout_secs,
+        });
+        match self.call("/internal/transfers", Some(&body), correlation_id).await {
+            Ok((200 | 201, t)) if t["state"] == "pending" => Hold::Held,
+            Ok((status @ (400 | 404 | 422), body)) => Hold::Refused(status, body),
+            Ok((status, body)) => Hold::Unknown(format!("wallet answered {status}: {body}")),
+            Err(e) => Hold::Unknown(e),
+        }
+    }
+
+    pub async fn post(&self, id: Uuid, correlation_id: &str) -> Result<Resolution, Unavailable> {
+        self.resolve(id, "post", correlation_id).await
+    }
+
+    pub async fn void(&self, id: Uuid, correlation_id: &str) -> Result<Resolution, Unavailable> {
+        self.resolve(id, "void", correlation_id).await
+    }
+
+    async fn resolve(&self, id: Uuid, action: &str, correlation_id: &str) -> Result<Resolution, Unavailable> {
+        let (status, body) = self
+            .call(&format!("/internal/transfers/{id}/{action}"), None, correlation_id)
+            .await
+            .map_err(Unavailable)?;
+        match (status, body["state"].as_str(), body["code"].as_str()) {
+            (200, Some("posted"), _) | (409, _, Some("transfer_posted")) => Ok(Resolution::Posted),
+            (200, Some("voided"), _) | (409, _, Some("transfer_voided")) => Ok(Resolution::Voided),
+            (404, _, _) => Ok(Resolution::NotFound),
+            _ => Err(Unavailable(format!("unexpected wallet answer {status}: {body}"))),
+        }
+    }
+}

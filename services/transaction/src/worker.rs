@@ -1,0 +1,265 @@
+//! `payflow worker`: settles transactions. Takes settle messages in batches,
+//! posts each transfer at wallet (posting twice is a success, not a second
+//! movement), completes or fails the transactions with their events in one
+//! commit, and only then acks. Transient failures go to the retry queue;
+//! unparseable messages are rejected into the dead-letter queue.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use payflow_common::health::Readiness;
+use payflow_common::metrics::{Metrics, LATENCY_BUCKETS};
+use payflow_common::server::{self, ServiceInfo};
+use payflow_messaging::{connect_with_retry, Incoming, Message, Publisher, Topology};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts};
+use serde::Deserialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::WorkerConfig;
+use crate::model::Status;
+use crate::store;
+use crate::wallet_client::{Resolution, WalletClient};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Settle {
+    transaction_id: Uuid,
+}
+
+#[derive(Clone)]
+struct WorkerMetrics {
+    messages: IntCounterVec,
+    settled: IntCounterVec,
+    settle_seconds: Histogram,
+    batch_size: Histogram,
+}
+
+impl WorkerMetrics {
+    fn new(m: &Metrics) -> anyhow::Result<Self> {
+        let w = Self {
+            messages: IntCounterVec::new(
+                Opts::new("payflow_worker_messages_total", "Settle messages by outcome"),
+                &["outcome"],
+            )?,
+            settled: IntCounterVec::new(
+                Opts::new("payflow_transactions_settled_total", "Transactions that reached a final status"),
+                &["status"],
+            )?,
+            settle_seconds: Histogram::with_opts(
+                HistogramOpts::new("payflow_settle_duration_seconds", "Time from accept to final status")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new("payflow_worker_batch_size", "Messages settled per database transaction")
+                    .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0]),
+            )?,
+        };
+        m.register(Box::new(w.messages.clone()));
+        m.register(Box::new(w.settled.clone()));
+        m.register(Box::new(w.settle_seconds.clone()));
+        m.register(Box::new(w.batch_size.clone()));
+        Ok(w)
+    }
+}
+
+struct Worker {
+    pool: PgPool,
+    wallet: WalletClient,
+    topology: Topology,
+    metrics: WorkerMetrics,
+    cfg: WorkerConfig,
+}
+
+/// Runs the worker (and its metrics endpoint) until shutdown.
+pub async fn run(cfg: WorkerConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    let pool = payflow_common::db::connect(&cfg.db).await?;
+    let metrics = Metrics::new("worker");
+    let info = ServiceInfo {
+        metrics: metrics.clone(),
+        ..ServiceInfo::new("worker", Readiness { db: Some(pool.clone()), redis: None })
+    };
+    let listener = server::bind(cfg.listen.addr(cfg.port)).await?;
+    let http =
+        tokio::spawn(server::serve(listener, server::with_common_layers(axum::Router::new(), &info), cancel.clone()));
+    let worker = Worker {
+        wallet: WalletClient::new(&cfg.wallet)?,
+        topology: cfg.amqp.topology(),
+        metrics: WorkerMetrics::new(&metrics)?,
+        pool,
+        cfg,
+    };
+    worker.consume(&cancel).await;
+    cancel.cancel();
+    http.await??;
+    Ok(())
+}
+
+impl Worker {
+    async fn consume(&self, cancel: &CancellationToken) {
+        while !cancel.is_cancelled() {
+            let Some(conn) = connect_with_retry(&self.cfg.amqp.amqp_url, cancel.cancelled()).await else { break };
+            match self.consume_connected(&conn, cancel).await {
+                Ok(()) => {
+                    let _ = conn.close(200, "shutdown").await;
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "worker lost its connection; reconnecting"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = cancel.cancelled() => break,
+            }
+        }
+    }
+
+    async fn consume_connected(&self, conn: &lapin::Connection, cancel: &CancellationToken) -> anyhow::Result<()> {
+        let channel = conn.create_channel().await?;
+        self.topology.declare(&channel).await?;
+        channel.basic_qos(self.cfg.prefetch, BasicQosOptions::default()).await?;
+        let retry = Publisher::new(conn).await?;
+        let tag = format!("worker-{}", Uuid::new_v4());
+        let mut consumer = channel
+            .basic_consume(
+                &self.topology.transactions_queue(),
+                &tag,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(queue = %self.topology.transactions_queue(), "worker consuming");
+        loop {
+            let first = tokio::select! {
+                d = consumer.next() => d,
+                _ = cancel.cancelled() => return Ok(()),
+            };
+            let Some(first) = first else { anyhow::bail!("consumer cancelled by the broker") };
+            let mut batch = vec![first?];
+            // Whatever else is already here joins the batch: one commit for all.
+            while batch.len() < self.cfg.batch {
+                match tokio::time::timeout(Duration::from_millis(2), consumer.next()).await {
+                    Ok(Some(d)) => batch.push(d?),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.settle_batch(batch, &retry).await?;
+        }
+    }
+
+    async fn settle_batch(&self, batch: Vec<Delivery>, retry: &Publisher) -> anyhow::Result<()> {
+        self.metrics.batch_size.observe(batch.len() as f64);
+        let mut work: Vec<(Delivery, Incoming<Settle>)> = Vec::with_capacity(batch.len());
+        for d in batch {
+            match Incoming::<Settle>::parse(&d) {
+                Ok(m) => work.push((d, m)),
+                Err(reason) => {
+                    tracing::warn!(%reason, "poison settle message: dead-lettering");
+                    self.metrics.messages.with_label_values(&["poison"]).inc();
+                    d.acker.reject(BasicRejectOptions { requeue: false }).await?;
+                }
+            }
+        }
+        if work.is_empty() {
+            return Ok(());
+        }
+        let mut seen = HashSet::new();
+        let ids: Vec<Uuid> = work.iter().map(|(_, m)| m.body.transaction_id).filter(|id| seen.insert(*id)).collect();
+        sqlx::query(
+            "UPDATE txn.transactions SET status = 'PROCESSING', processing_started_at = now() \
+             WHERE id = ANY($1) AND status = 'PENDING'",
+        )
+        .bind(&ids)
+        .execute(&self.pool)
+        .await?;
+
+        let outcomes = futures::future::join_all(ids.iter().map(|id| {
+            let corr = work.iter().find(|(_, m)| m.body.transaction_id == *id).map(|(_, m)| m.correlation_id.as_str());
+            self.resolve(*id, corr.unwrap_or_default())
+        }))
+        .await;
+        crate::fault::point("worker-after-post");
+
+        let mut completed = Vec::new();
+        let mut failed = Vec::new();
+        let mut unresolved = HashSet::new();
+        for (id, outcome) in ids.iter().zip(outcomes) {
+            match outcome {
+                Some(Resolution::Posted) => completed.push(*id),
+                Some(Resolution::Voided | Resolution::NotFound) => {
+                    failed.push((*id, "Transfer was reversed before it could settle".to_string()))
+                }
+                None => {
+                    unresolved.insert(*id);
+                }
+            }
+        }
+        match store::finish(&self.pool, &completed, &failed).await {
+            Ok(changed) => {
+                let now = chrono::Utc::now();
+                for t in &changed {
+                    let label = if t.status == Status::Completed { "COMPLETED" } else { "FAILED" };
+                    self.metrics.settled.with_label_values(&[label]).inc();
+                    let secs = (now - t.created_at).num_microseconds().unwrap_or_default() as f64 / 1e6;
+                    self.metrics.settle_seconds.observe(secs.max(0.0));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record settlements; retrying the batch");
+                unresolved.extend(ids.iter().copied());
+            }
+        }
+        for (d, m) in work {
+            if unresolved.contains(&m.body.transaction_id) {
+                self.retry_later(d, &m, retry).await?;
+            } else {
+                self.metrics.messages.with_label_values(&["settled"]).inc();
+                d.acker.ack(BasicAckOptions::default()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Posts at wallet. A transfer wallet never saw is voided (recorded as
+    /// such), so it can never move later. `None`: wallet unreachable.
+    async fn resolve(&self, id: Uuid, correlation_id: &str) -> Option<Resolution> {
+        let started = Instant::now();
+        let result = match self.wallet.post(id, correlation_id).await {
+            Ok(Resolution::NotFound) => self.wallet.void(id, correlation_id).await,
+            other => other,
+        };
+        match result {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(transaction_id = %id, error = %e, elapsed_ms = started.elapsed().as_millis() as u64, "wallet unavailable");
+                None
+            }
+        }
+    }
+
+    /// Parks the message in the retry queue (it comes back after a delay) and
+    /// acks the original; if even that fails, nacks it back to the queue.
+    async fn retry_later(&self, d: Delivery, m: &Incoming<Settle>, retry: &Publisher) -> anyhow::Result<()> {
+        self.metrics.messages.with_label_values(&["retried"]).inc();
+        let msg = Message {
+            id: m.id,
+            kind: m.kind.clone(),
+            correlation_id: m.correlation_id.clone(),
+            timestamp: chrono::Utc::now().timestamp().max(0) as u64,
+            body: d.data.clone(),
+        };
+        let queue = self.topology.retry_queue(&self.topology.transactions_queue());
+        match retry.publish("", &queue, &msg).await {
+            Ok(()) => d.acker.ack(BasicAckOptions::default()).await?,
+            Err(e) => {
+                tracing::warn!(error = %e, "retry queue unavailable; requeueing");
+                d.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await?
+            }
+        }
+        Ok(())
+    }
+}
