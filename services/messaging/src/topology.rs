@@ -27,6 +27,10 @@ impl Topology {
         Self { prefix: prefix.to_string(), delivery_limit: delivery_limit.max(1) }
     }
 
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Direct exchange for work (settle requests).
     pub fn work_exchange(&self) -> String {
         format!("{}.work", self.prefix)

@@ -47,7 +47,8 @@ CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
 CREATE TABLE outbox (
     id             bigserial PRIMARY KEY,
     message_id     uuid NOT NULL UNIQUE,
-    destination    text NOT NULL CHECK (destination IN ('work', 'events')),
+    -- Full exchange name; it starts with the AMQP prefix of the PayFlow that wrote it.
+    exchange       text NOT NULL,
     routing_key    text NOT NULL,
     kind           text NOT NULL,
     correlation_id text NOT NULL,

@@ -74,6 +74,9 @@ pub struct ReversalConfig {
     /// Only transactions pending longer than this (e.g. `60s`, `5m`).
     #[arg(long = "older-than", env = "PAYFLOW_REVERSAL_OLDER_THAN", default_value = "60s", value_parser = parse_duration)]
     pub older_than: std::time::Duration,
+    /// Prefix of the exchanges its events go to (as the services' PAYFLOW_AMQP_PREFIX).
+    #[arg(long = "amqp-prefix", env = "PAYFLOW_AMQP_PREFIX", default_value = "payflow")]
+    pub amqp_prefix: String,
     /// Transactions handled per database transaction.
     #[arg(long = "reversal-batch", env = "PAYFLOW_REVERSAL_BATCH", default_value_t = 100)]
     pub batch: i64,

@@ -88,6 +88,13 @@ async fn relay_connected(
 
 type Row = (i64, Uuid, String, String, String, String, String, i64);
 
+/// `LIKE` pattern of this PayFlow's exchanges: a relay publishes only what its
+/// own services wrote, even if several share a database.
+fn own_exchanges(topology: &Topology) -> String {
+    let prefix = topology.prefix().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    format!("{prefix}.%")
+}
+
 async fn publish_batch(
     pool: &PgPool,
     publisher: &Publisher,
@@ -96,11 +103,12 @@ async fn publish_batch(
 ) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, message_id, destination, routing_key, kind, correlation_id, body::text, \
-         extract(epoch FROM created_at)::bigint FROM txn.outbox WHERE published_at IS NULL \
+        "SELECT id, message_id, exchange, routing_key, kind, correlation_id, body::text, \
+         extract(epoch FROM created_at)::bigint FROM txn.outbox WHERE published_at IS NULL AND exchange LIKE $2 \
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(BATCH)
+    .bind(own_exchanges(topology))
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
@@ -112,8 +120,7 @@ async fn publish_batch(
     metrics.lag_seconds.set((chrono::Utc::now().timestamp() - oldest).max(0) as f64);
     let batch: Vec<(String, String, Message)> = rows
         .iter()
-        .map(|(_, message_id, destination, routing_key, kind, correlation_id, body, created)| {
-            let exchange = if destination == "work" { topology.work_exchange() } else { topology.events_exchange() };
+        .map(|(_, message_id, exchange, routing_key, kind, correlation_id, body, created)| {
             let msg = Message {
                 id: *message_id,
                 kind: kind.clone(),
@@ -121,7 +128,7 @@ async fn publish_batch(
                 timestamp: (*created).max(0) as u64,
                 body: body.clone().into_bytes(),
             };
-            (exchange, routing_key.clone(), msg)
+            (exchange.clone(), routing_key.clone(), msg)
         })
         .collect();
     publisher.publish_all(&batch).await?;

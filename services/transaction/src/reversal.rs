@@ -25,7 +25,8 @@ pub struct ReversalReport {
 pub async fn run(cfg: &ReversalConfig) -> anyhow::Result<ReversalReport> {
     let pool = payflow_common::db::connect(&cfg.db).await?;
     let wallet = WalletClient::new(&cfg.wallet)?;
-    let report = reverse(&pool, &wallet, cfg.older_than, cfg.batch, None).await?;
+    let topology = payflow_messaging::Topology::new(&cfg.amqp_prefix, 1);
+    let report = reverse(&pool, &wallet, &topology, cfg.older_than, cfg.batch, None).await?;
     pool.close().await;
     Ok(report)
 }
@@ -34,6 +35,7 @@ pub async fn run(cfg: &ReversalConfig) -> anyhow::Result<ReversalReport> {
 pub async fn reverse(
     pool: &sqlx::PgPool,
     wallet: &WalletClient,
+    topology: &payflow_messaging::Topology,
     older_than: std::time::Duration,
     batch: i64,
     senders: Option<&[Uuid]>,
@@ -74,7 +76,7 @@ pub async fn reverse(
             }
         }
         crate::fault::point("reversal-after-void");
-        let changed = store::finish_in(&mut tx, &completed, &failed).await?;
+        let changed = store::finish_in(&mut tx, topology, &completed, &failed).await?;
         tx.commit().await?;
         for t in changed {
             match t.status {

@@ -36,6 +36,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub verifier: JwtVerifier,
     pub wallet: WalletClient,
+    pub topology: payflow_messaging::Topology,
     pub currency: Currency,
     pub max_amount: i64,
     pub metrics: Metrics,
@@ -55,7 +56,16 @@ impl AppState {
             .map_err(|e| anyhow::anyhow!("PAYFLOW_MAX_AMOUNT {e}"))?;
         let metrics = Metrics::new(crate::SERVICE_NAME);
         let txn_metrics = TxnMetrics::new(&metrics)?;
-        Ok(Self { pool, verifier, wallet: WalletClient::new(&cfg.wallet)?, currency, max_amount, metrics, txn_metrics })
+        Ok(Self {
+            pool,
+            verifier,
+            wallet: WalletClient::new(&cfg.wallet)?,
+            topology: cfg.amqp.topology(),
+            currency,
+            max_amount,
+            metrics,
+            txn_metrics,
+        })
     }
 }
 

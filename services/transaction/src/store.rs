@@ -7,6 +7,8 @@ use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction as DbTx};
 use uuid::Uuid;
 
+use payflow_messaging::Topology;
+
 use crate::model::{Status, Transaction, COLUMNS};
 
 /// A transfer the caller asked for, already validated.
@@ -23,7 +25,7 @@ pub struct NewTransaction {
 
 /// A message to publish, as stored in the outbox.
 pub struct OutboxMessage<'a> {
-    pub destination: &'a str,
+    pub exchange: &'a str,
     pub routing_key: &'a str,
     pub body: Value,
     pub correlation_id: &'a str,
@@ -31,11 +33,11 @@ pub struct OutboxMessage<'a> {
 
 pub async fn insert_outbox(tx: &mut DbTx<'_, Postgres>, m: OutboxMessage<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO txn.outbox (message_id, destination, routing_key, kind, correlation_id, body) \
+        "INSERT INTO txn.outbox (message_id, exchange, routing_key, kind, correlation_id, body) \
          VALUES ($1, $2, $3, $3, $4, $5)",
     )
     .bind(Uuid::now_v7())
-    .bind(m.destination)
+    .bind(m.exchange)
     .bind(m.routing_key)
     .bind(m.correlation_id)
     .bind(m.body)
@@ -80,6 +82,7 @@ pub async fn insert_pending(
 /// The hold is placed: enqueue the settle request and remember the answer.
 pub async fn accept(
     pool: &PgPool,
+    topology: &Topology,
     t: &Transaction,
     idempotency: Option<(Uuid, &str)>,
     response: &Value,
@@ -88,7 +91,7 @@ pub async fn accept(
     insert_outbox(
         &mut tx,
         OutboxMessage {
-            destination: "work",
+            exchange: &topology.work_exchange(),
             routing_key: payflow_messaging::topology::SETTLE,
             body: serde_json::json!({"transactionId": t.id}),
             correlation_id: t.correlation_id.as_deref().unwrap_or_default(),
@@ -149,11 +152,12 @@ async fn complete_idempotency(
 /// are skipped, so a redelivered message emits nothing twice).
 pub async fn finish(
     pool: &PgPool,
+    topology: &Topology,
     completed: &[Uuid],
     failed: &[(Uuid, String)],
 ) -> Result<Vec<Transaction>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let changed = finish_in(&mut tx, completed, failed).await?;
+    let changed = finish_in(&mut tx, topology, completed, failed).await?;
     tx.commit().await?;
     Ok(changed)
 }
@@ -161,6 +165,7 @@ pub async fn finish(
 /// [`finish`] inside a caller's database transaction (the reversal holds row locks).
 pub async fn finish_in(
     tx: &mut DbTx<'_, Postgres>,
+    topology: &Topology,
     completed: &[Uuid],
     failed: &[(Uuid, String)],
 ) -> Result<Vec<Transaction>, sqlx::Error> {
@@ -193,6 +198,7 @@ pub async fn finish_in(
             .await?,
         );
     }
+    let events = topology.events_exchange();
     for t in &changed {
         let key = match t.status {
             Status::Completed => payflow_messaging::topology::COMPLETED,
@@ -201,7 +207,7 @@ pub async fn finish_in(
         insert_outbox(
             tx,
             OutboxMessage {
-                destination: "events",
+                exchange: &events,
                 routing_key: key,
                 body: t.event_json(),
                 correlation_id: t.correlation_id.as_deref().unwrap_or_default(),

@@ -198,7 +198,7 @@ impl Worker {
                 }
             }
         }
-        match store::finish(&self.pool, &completed, &failed).await {
+        match store::finish(&self.pool, &self.topology, &completed, &failed).await {
             Ok(changed) => {
                 let now = chrono::Utc::now();
                 for t in &changed {

@@ -48,6 +48,8 @@ pub struct Options {
     pub wallet_down: bool,
     /// Run an in-process worker.
     pub worker: bool,
+    /// Run the outbox relay inside the in-process transaction service.
+    pub relay: bool,
     pub pending_timeout_secs: u64,
 }
 
@@ -62,6 +64,7 @@ impl Default for Options {
             login_max_failures: 5,
             wallet_down: false,
             worker: true,
+            relay: true,
             pending_timeout_secs: 60,
         }
     }
@@ -82,6 +85,8 @@ pub struct Stack {
     cancel: CancellationToken,
     /// To start more workers (in-process or as processes).
     pub worker_cfg: payflow_transaction::WorkerConfig,
+    /// The transaction service's configuration (for a relay in another process).
+    pub txn_cfg: payflow_transaction::Config,
     pub reversal_wallet: payflow_transaction::config::WalletArgs,
 }
 
@@ -152,6 +157,7 @@ impl Stack {
         txn_flags.extend(amqp.clone());
         txn_flags.extend(to_wallet.clone());
         txn_flags.push(("pending-timeout-secs", o.pending_timeout_secs.to_string()));
+        txn_flags.push(("relay", o.relay.to_string()));
         let txn_cfg: payflow_transaction::Config = component(&txn_flags);
         let mut worker_flags = vec![("database-url", db.clone()), ("worker-port", "0".into())];
         worker_flags.extend(amqp.clone());
@@ -180,6 +186,7 @@ impl Stack {
             payflow_wallet::router(payflow_wallet::AppState::new(&wallet_cfg).await.expect("wallet state"));
         let gateway_router =
             payflow_gateway::router(payflow_gateway::AppState::new(&gateway_cfg).await.expect("gateway state"));
+        let txn_cfg_copy = txn_cfg.clone();
         let txn_state = payflow_transaction::AppState::new(&txn_cfg).await.expect("transaction state");
         payflow_transaction::spawn_background(&txn_state, &txn_cfg, &cancel).expect("relay");
         let txn_router = payflow_transaction::router(txn_state);
@@ -205,6 +212,7 @@ impl Stack {
             http,
             cancel,
             worker_cfg,
+            txn_cfg: txn_cfg_copy,
             reversal_wallet: payflow_transaction::config::WalletArgs {
                 wallet_url: wallet_for_reversal,
                 service_token: payflow_common::config::ServiceTokenArgs { service_token: token_for_reversal },

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod crashes;
 mod gateway;
 mod payments;
 mod registration;

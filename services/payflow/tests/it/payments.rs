@@ -70,7 +70,7 @@ pub async fn assert_invariants(s: &Stack, ids: &[Uuid]) {
     .expect("query");
     assert!(disagreeing.is_empty(), "transactions disagreeing with wallet: {disagreeing:?}");
     let events: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT (body->>'transactionId')::uuid, count(*) FROM txn.outbox WHERE destination = 'events' \
+        "SELECT (body->>'transactionId')::uuid, count(*) FROM txn.outbox WHERE exchange LIKE '%.events' \
          AND (body->>'transactionId')::uuid = ANY($1) GROUP BY 1 HAVING count(*) <> 1",
     )
     .bind(ids)
@@ -269,9 +269,10 @@ async fn the_reversal_racing_a_worker_settles_each_transaction_once() {
     let wallet = payflow_transaction::wallet_client::WalletClient::new(&s.reversal_wallet).expect("client");
     // Scoped to this test's sender: other tests' transactions are not ours to reverse.
     let senders = [Uuid::parse_str(&a.id).expect("id")];
+    let topology = s.txn_cfg.amqp.topology();
     let (r1, r2) = tokio::join!(
-        payflow_transaction::reversal::reverse(&s.pool, &wallet, Duration::ZERO, 7, Some(&senders)),
-        payflow_transaction::reversal::reverse(&s.pool, &wallet, Duration::ZERO, 5, Some(&senders))
+        payflow_transaction::reversal::reverse(&s.pool, &wallet, &topology, Duration::ZERO, 7, Some(&senders)),
+        payflow_transaction::reversal::reverse(&s.pool, &wallet, &topology, Duration::ZERO, 5, Some(&senders))
     );
     let (r1, r2) = (r1.expect("reversal"), r2.expect("reversal"));
     wait_final(&s, &ids, Duration::from_secs(20)).await;

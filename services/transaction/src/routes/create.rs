@@ -182,7 +182,7 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
     match s.wallet.hold(t.id, t.from_user_id, t.to_user_id, t.amount, &t.currency, &new.correlation_id).await {
         Hold::Held => {
             let body = t.accepted_json();
-            store::accept(&s.pool, &t, idem, &body).await?;
+            store::accept(&s.pool, &s.topology, &t, idem, &body).await?;
             s.txn_metrics.accepted.inc();
             crate::fault::point("transaction-after-accept");
             Ok(json_response(201, body.to_string(), false))

@@ -1,0 +1,144 @@
+//! Killed processes (SIGKILL at injected points), duplicate deliveries: after
+//! each, every transaction still ends once and the invariants hold.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::harness::{amqp_url, database_url, Options, Stack};
+use crate::payments::{assert_invariants, send, wait_final};
+
+/// Runs `payflow <args>` with a fault point armed and waits for it to die.
+async fn run_until_killed(fault: &str, args: &[String]) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_payflow"))
+        .args(args)
+        .env("PAYFLOW_FAULT", fault)
+        .env("PAYFLOW_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn payflow");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("payflow did not reach fault point {fault}"))
+        .expect("wait");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "{fault}: expected death by SIGKILL, got {status:?}");
+}
+
+fn common_args(s: &Stack) -> Vec<String> {
+    vec![
+        format!("--database-url={}", database_url()),
+        format!("--amqp-url={}", amqp_url()),
+        format!("--amqp-prefix={}", s.amqp_prefix),
+        format!("--wallet-url={}", s.wallet),
+        format!("--service-token={}", s.service_token),
+    ]
+}
+
+async fn send_some(s: &Stack, n: usize) -> (crate::harness::User, Vec<Uuid>) {
+    let a = s.register().await;
+    let b = s.register().await;
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let sent = send(s, &a, &b.id, json!(1), None).await;
+        assert_eq!(sent.status, 201, "{}", sent.body);
+        ids.push(Uuid::parse_str(sent.body["id"].as_str().expect("id")).expect("uuid"));
+    }
+    (a, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_after_posting_before_acking() {
+    let s = Stack::start_with(Options { worker: false, ..Default::default() }).await;
+    let (a, ids) = send_some(&s, 8).await;
+    let mut args = vec!["worker".to_string(), "--worker-port=0".into()];
+    args.extend(common_args(&s));
+    run_until_killed("worker-after-post", &args).await;
+
+    // The money moved, but nobody recorded it or acked the messages.
+    let posted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM wallet.transfers WHERE id = ANY($1) AND state = 'posted'")
+            .bind(&ids)
+            .fetch_one(&s.pool)
+            .await
+            .expect("count");
+    assert!(posted > 0, "the worker died before posting anything");
+
+    // A new worker gets the unacked messages again; posting twice moves nothing twice.
+    let cancel = payflow_common::shutdown::CancellationToken::new();
+    let worker = tokio::spawn(payflow_transaction::worker::run(s.worker_cfg.clone(), cancel.clone()));
+    wait_final(&s, &ids, Duration::from_secs(30)).await;
+    cancel.cancel();
+    let _ = worker.await;
+    assert_invariants(&s, &ids).await;
+    let (_, w) = crate::harness::get(&s, &format!("/api/wallets/{}", a.id), &a.access).await;
+    assert_eq!(w["balance"], "992.00", "8 × 1.00, each once: {w}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_killed_after_publishing_before_marking() {
+    let s = Stack::start_with(Options { relay: false, ..Default::default() }).await;
+    let (a, ids) = send_some(&s, 8).await;
+    // The outbox holds the settle messages; a relay process publishes them and dies.
+    let mut args = vec!["transaction".to_string(), "--transaction-port=0".into(), "--relay=true".into()];
+    args.extend(common_args(&s));
+    run_until_killed("relay-after-publish", &args).await;
+    let unmarked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM txn.outbox WHERE published_at IS NULL AND (body->>'transactionId')::uuid = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_one(&s.pool)
+    .await
+    .expect("count");
+    assert_eq!(unmarked, ids.len() as i64, "published but not marked");
+
+    // A relay starts again and publishes them a second time: the worker sees duplicates.
+    let cancel = payflow_common::shutdown::CancellationToken::new();
+    let metrics = payflow_common::metrics::Metrics::new("relay-test");
+    let relay = tokio::spawn(payflow_transaction::relay::run(
+        s.pool.clone(),
+        s.txn_cfg.amqp.clone(),
+        payflow_transaction::relay::RelayMetrics::new(&metrics).expect("metrics"),
+        cancel.clone(),
+    ));
+    wait_final(&s, &ids, Duration::from_secs(30)).await;
+    cancel.cancel();
+    let _ = relay.await;
+    assert_invariants(&s, &ids).await;
+    let (_, w) = crate::harness::get(&s, &format!("/api/wallets/{}", a.id), &a.access).await;
+    assert_eq!(w["balance"], "992.00", "{w}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_delivered_twice_settles_once() {
+    let s = Stack::start().await;
+    let (a, ids) = send_some(&s, 3).await;
+    wait_final(&s, &ids, Duration::from_secs(15)).await;
+    // Publish every settle message again, as a broker redelivery would.
+    let conn = payflow_messaging::connect(&amqp_url()).await.expect("amqp");
+    let publisher = payflow_messaging::Publisher::new(&conn).await.expect("publisher");
+    let topology = s.txn_cfg.amqp.topology();
+    for id in &ids {
+        let msg = payflow_messaging::Message {
+            id: Uuid::new_v4(),
+            kind: payflow_messaging::topology::SETTLE.into(),
+            correlation_id: "duplicate-test".into(),
+            timestamp: 0,
+            body: json!({"transactionId": id}).to_string().into_bytes(),
+        };
+        publisher.publish(&topology.work_exchange(), payflow_messaging::topology::SETTLE, &msg).await.expect("publish");
+    }
+    // One worker takes the queue in order: once a transfer sent after the
+    // duplicates has settled, the duplicates have been handled.
+    let b = s.register().await;
+    let marker = send(&s, &a, &b.id, json!(1), None).await;
+    let marker = Uuid::parse_str(marker.body["id"].as_str().expect("id")).expect("uuid");
+    wait_final(&s, &[marker], Duration::from_secs(15)).await;
+    assert_invariants(&s, &ids).await;
+    let (_, w) = crate::harness::get(&s, &format!("/api/wallets/{}", a.id), &a.access).await;
+    assert_eq!(w["balance"], "996.00", "3 + 1 transfers of 1.00, each once: {w}");
+}
