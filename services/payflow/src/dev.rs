@@ -1,5 +1,5 @@
 //! `payflow dev`: every component in one process (gateway, auth, wallet,
-//! transaction with its relay, worker), wired to each other on loopback,
+//! transaction with its relay, worker, notification), wired to each other on loopback,
 //! after applying migrations. For local use, not production.
 
 use clap::{Args, Parser};
@@ -31,6 +31,9 @@ pub struct DevArgs {
     /// Transaction port.
     #[arg(long = "transaction-port", env = "PAYFLOW_TRANSACTION_PORT", default_value_t = 3002)]
     transaction_port: u16,
+    /// Notification port.
+    #[arg(long = "notification-port", env = "PAYFLOW_NOTIFICATION_PORT", default_value_t = 3003)]
+    notification_port: u16,
     /// Worker metrics port.
     #[arg(long = "worker-port", env = "PAYFLOW_WORKER_PORT", default_value_t = 3005)]
     worker_port: u16,
@@ -100,9 +103,20 @@ pub async fn run(a: DevArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     let worker: payflow_transaction::WorkerConfig = component(
         &[db.clone(), bind.clone(), flag("worker-port", a.worker_port.to_string())]
             .into_iter()
-            .chain(amqp)
+            .chain(amqp.clone())
             .chain(to_wallet)
             .collect::<Vec<_>>(),
+    )?;
+    let notification: payflow_notification::Config = component(
+        &[
+            db.clone(),
+            bind.clone(),
+            flag("notification-port", a.notification_port.to_string()),
+            flag("jwks-url", jwks.clone()),
+        ]
+        .into_iter()
+        .chain(amqp.clone())
+        .collect::<Vec<_>>(),
     )?;
     let gateway: payflow_gateway::Config = component(&[
         redis,
@@ -112,6 +126,7 @@ pub async fn run(a: DevArgs, cancel: CancellationToken) -> anyhow::Result<()> {
         flag("auth-url", url(a.auth_port)),
         flag("wallet-url", url(a.wallet_port)),
         flag("transaction-url", url(a.transaction_port)),
+        flag("notification-url", url(a.notification_port)),
     ])?;
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -120,6 +135,7 @@ pub async fn run(a: DevArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     tasks.spawn(payflow_gateway::run(gateway, cancel.clone()));
     tasks.spawn(payflow_transaction::run(transaction, cancel.clone()));
     tasks.spawn(payflow_transaction::worker::run(worker, cancel.clone()));
+    tasks.spawn(payflow_notification::run(notification, cancel.clone()));
     tracing::info!(gateway = %url(a.gateway_port), "payflow dev is up");
     let mut first_error = None;
     while let Some(result) = tasks.join_next().await {

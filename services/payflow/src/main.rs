@@ -27,6 +27,8 @@ enum Command {
     Worker(payflow_transaction::WorkerConfig),
     /// Voids or completes transactions stuck longer than --older-than, then exits.
     ReversePending(payflow_transaction::ReversalConfig),
+    /// The notification service: stores and delivers notifications of events (port 3003).
+    Notification(payflow_notification::Config),
     /// Every component in one process, for local use.
     Dev(dev::DevArgs),
     /// Creates or upgrades every service's schema, then exits.
@@ -72,6 +74,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::FAILURE);
             }
         }
+        Command::Notification(cfg) => payflow_notification::run(cfg, cancel).await?,
         Command::Dev(args) => dev::run(args, cancel).await?,
         Command::Migrate(db) => migrate(&db).await?,
         Command::LedgerCheck(db) => return ledger_check(&db).await,
@@ -85,6 +88,7 @@ pub(crate) async fn migrate(db: &DbArgs) -> anyhow::Result<()> {
     payflow_auth::migrate(&pool).await?;
     payflow_wallet::migrate(&pool).await?;
     payflow_transaction::migrate(&pool).await?;
+    payflow_notification::migrate(&pool).await?;
     tracing::info!("migrations applied");
     pool.close().await;
     Ok(())

@@ -122,12 +122,14 @@ impl Stack {
         payflow_auth::migrate(&pool).await.expect("auth migrations");
         payflow_wallet::migrate(&pool).await.expect("wallet migrations");
         payflow_transaction::migrate(&pool).await.expect("transaction migrations");
+        payflow_notification::migrate(&pool).await.expect("notification migrations");
 
         let (auth_l, auth) = listener().await;
         let (wallet_l, wallet) = listener().await;
         let wallet_for_reversal = wallet.clone();
         let (gateway_l, gateway) = listener().await;
         let (transaction_l, transaction) = listener().await;
+        let (notification_l, notification) = listener().await;
         let amqp_prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let service_token = format!("test-{}", uuid::Uuid::new_v4());
         let token_for_reversal = service_token.clone();
@@ -163,6 +165,9 @@ impl Stack {
         worker_flags.extend(amqp.clone());
         worker_flags.extend(to_wallet.clone());
         let worker_cfg: payflow_transaction::WorkerConfig = component(&worker_flags);
+        let mut notify_flags = vec![("database-url", db.clone()), ("jwks-url", jwks.clone())];
+        notify_flags.extend(amqp.clone());
+        let notify_cfg: payflow_notification::Config = component(&notify_flags);
         let wallet_upstream = if o.wallet_down { "http://127.0.0.1:9".to_string() } else { wallet.clone() };
         let mut gateway_flags = vec![
             ("redis-url", redis_url()),
@@ -170,6 +175,7 @@ impl Stack {
             ("auth-url", auth.clone()),
             ("wallet-url", wallet_upstream),
             ("transaction-url", transaction.clone()),
+            ("notification-url", notification.clone()),
             ("rate-limit-ip-per-minute", o.ip_per_minute.to_string()),
             ("rate-limit-user-per-minute", o.user_per_minute.to_string()),
             ("rate-limit-auth-per-minute", o.auth_per_minute.to_string()),
@@ -190,12 +196,23 @@ impl Stack {
         let txn_state = payflow_transaction::AppState::new(&txn_cfg).await.expect("transaction state");
         payflow_transaction::spawn_background(&txn_state, &txn_cfg, &cancel).expect("relay");
         let txn_router = payflow_transaction::router(txn_state);
+        let notify_state = payflow_notification::AppState::new(&notify_cfg).await.expect("notification state");
+        let (consumer_state, consumer_cfg, consumer_cancel) =
+            (notify_state.clone(), notify_cfg.clone(), cancel.clone());
+        tokio::spawn(
+            async move { payflow_notification::consume(consumer_state, &consumer_cfg, consumer_cancel).await },
+        );
+        let notify_router = payflow_notification::router(notify_state);
         if o.worker {
             tokio::spawn(payflow_transaction::worker::run(worker_cfg.clone(), cancel.clone()));
         }
-        for (l, r) in
-            [(auth_l, auth_router), (wallet_l, wallet_router), (gateway_l, gateway_router), (transaction_l, txn_router)]
-        {
+        for (l, r) in [
+            (auth_l, auth_router),
+            (wallet_l, wallet_router),
+            (gateway_l, gateway_router),
+            (transaction_l, txn_router),
+            (notification_l, notify_router),
+        ] {
             let c = cancel.clone();
             tokio::spawn(async move { payflow_common::server::serve(l, r, c).await });
         }

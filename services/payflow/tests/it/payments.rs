@@ -80,6 +80,20 @@ pub async fn assert_invariants(s: &Stack, ids: &[Uuid]) {
     assert!(events.is_empty(), "each final transaction has exactly one event: {events:?}");
 }
 
+/// Polls the user's notifications until one of `kind` is there.
+pub async fn wait_notification(s: &Stack, user: &User, kind: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, list) = get(s, &format!("/api/notifications/{}", user.id), &user.access).await;
+        assert_eq!(status, 200, "{list}");
+        if let Some(n) = list.as_array().and_then(|l| l.iter().find(|n| n["type"] == kind)) {
+            return n.clone();
+        }
+        assert!(Instant::now() < deadline, "no {kind} notification for {}: {list}", user.id);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 fn id_of(sent: &Sent) -> Uuid {
     sent.body["id"].as_str().and_then(|i| Uuid::parse_str(i).ok()).unwrap_or_else(|| panic!("no id in {}", sent.body))
 }
@@ -122,6 +136,42 @@ async fn send_money_end_to_end() {
     let (_, list) = get(&s, "/api/transactions?status=COMPLETED&limit=1", &a.access).await;
     assert_eq!(list.as_array().map(Vec::len), Some(1));
     assert_invariants(&s, &[id]).await;
+
+    // Both notifications arrive, each to its own party only.
+    let sent_note = wait_notification(&s, &a, "TRANSACTION_COMPLETED").await;
+    let received_note = wait_notification(&s, &b, "TRANSACTION_RECEIVED").await;
+    assert_eq!(sent_note["transaction_id"], id.to_string().as_str());
+    assert_eq!(received_note["transaction_id"], id.to_string().as_str());
+    assert_eq!(get(&s, &format!("/api/notifications/{}", a.id), &b.access).await.0, 403);
+    let note_id = received_note["id"].as_str().expect("id");
+    let res = s
+        .http
+        .put(s.url(&format!("/api/notifications/{note_id}/read")))
+        .bearer_auth(&a.access)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(res.status(), 403, "another user's notification");
+    let res = s
+        .http
+        .put(s.url(&format!("/api/notifications/{note_id}/read")))
+        .bearer_auth(&b.access)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(res.status(), 200);
+    let read: Value = res.json().await.expect("json");
+    assert_eq!(read["read"], true);
+    // Nobody may send from someone else's wallet.
+    let res = s
+        .http
+        .post(s.url("/api/transactions"))
+        .bearer_auth(&c.access)
+        .json(&json!({"fromUserId": a.id, "toUserId": c.id, "amount": 1}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 403);
 }
 
 #[tokio::test]

@@ -113,8 +113,12 @@ async fn repeated_login_failures_lock_temporarily() {
     assert!(res.headers().contains_key("retry-after"));
 
     // Unknown users answer exactly like wrong passwords.
-    let (status, body) =
-        post(&s, "/api/auth/login", None, json!({"email": "nobody-here@example.com", "password": "Wrong-passw0rd"}))
-            .await;
+    let (status, body) = post(
+        &s,
+        "/api/auth/login",
+        None,
+        json!({"email": format!("nobody-{}@example.com", uuid::Uuid::new_v4()), "password": "Wrong-passw0rd"}),
+    )
+    .await;
     assert_eq!((status, body["error"].as_str()), (401, Some("Invalid credentials")));
 }
