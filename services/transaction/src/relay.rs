@@ -160,7 +160,7 @@ pub async fn housekeeping(pool: PgPool, metrics: RelayMetrics, cancel: Cancellat
             metrics.pending_count.set(count);
             metrics.pending_amount.set(amount);
         }
-        if n % 720 == 0 {
+        if n.is_multiple_of(720) {
             let outbox = sqlx::query("DELETE FROM txn.outbox WHERE published_at < now() - interval '1 hour'")
                 .execute(&pool)
                 .await;

@@ -51,6 +51,8 @@ pub struct Options {
     /// Run the outbox relay inside the in-process transaction service.
     pub relay: bool,
     pub pending_timeout_secs: u64,
+    /// Reach RabbitMQ through this URL instead (a proxy the test controls).
+    pub amqp_url: Option<String>,
 }
 
 impl Default for Options {
@@ -66,6 +68,7 @@ impl Default for Options {
             worker: true,
             relay: true,
             pending_timeout_secs: 60,
+            amqp_url: None,
         }
     }
 }
@@ -153,7 +156,7 @@ impl Stack {
             ("jwks-url", jwks.clone()),
             ("db-max-connections", "30".into()),
         ]);
-        let amqp = [("amqp-url", amqp_url()), ("amqp-prefix", amqp_prefix.clone())];
+        let amqp = [("amqp-url", o.amqp_url.clone().unwrap_or_else(amqp_url)), ("amqp-prefix", amqp_prefix.clone())];
         let to_wallet = [("wallet-url", wallet.clone()), ("service-token", service_token.clone())];
         let mut txn_flags = vec![("database-url", db.clone()), ("jwks-url", jwks.clone())];
         txn_flags.extend(amqp.clone());

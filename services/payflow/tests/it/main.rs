@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod broker;
 mod crashes;
 mod gateway;
 mod payments;

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::idempotency::{self, Begin};
 use crate::state::AppState;
 use crate::store::{self, NewTransaction};
-use crate::wallet_client::Hold;
+use crate::wallet_client::{Hold, Resolution};
 
 /// Fields a client must never set; refused rather than silently ignored.
 const FORBIDDEN: &[&str] = &["id", "status", "balance", "error_message", "completed_at", "currency"];
@@ -197,7 +197,7 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
             tracing::warn!(transaction_id = %t.id, %reason, "hold outcome unknown; voiding");
             // Nothing can have moved (no settle message exists): void and forget, or
             // leave the PENDING row to the reversal if wallet is unreachable.
-            if matches!(s.wallet.void(t.id, &new.correlation_id).await, Ok(_)) {
+            if matches!(s.wallet.void(t.id, &new.correlation_id).await, Ok(Resolution::Voided | Resolution::NotFound)) {
                 store::reject(&s.pool, t.id, None, 503, &Value::Null).await?;
             }
             release(&s, caller, key.as_deref()).await;
