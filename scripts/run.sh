@@ -12,8 +12,7 @@
 #   scripts/run.sh --help     this text
 #
 # Environment: PAYFLOW_GATEWAY_PORT (default 3000) and the other PAYFLOW_*
-# settings are passed through to payflow; PAYFLOW_STACK_RABBITMQ=1 also runs
-# RabbitMQ; PAYFLOW_READY_TIMEOUT (default 120) bounds the wait for /readyz.
+# settings are passed through to payflow; PAYFLOW_READY_TIMEOUT (default 120) bounds the wait for /readyz.
 #
 # Logs: .payflow/run/payflow.log (payflow), .payflow/run/*/ (servers).
 set -euo pipefail
@@ -168,14 +167,23 @@ PayFlow is running.
 Try it (copy-paste into a shell):
 EOF
 cat <<'EOF' | sed "s|@GATEWAY@|$GATEWAY|g"
-  TOKEN=$(curl -s -H 'Content-Type: application/json' \
-    -d '{"email":"alice@payflow.local","password":"Alice-Passw0rd"}' \
-    @GATEWAY@/api/auth/login \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["accessToken"])')
+  login() { curl -s -H 'Content-Type: application/json' -d "{\"email\":\"$1\",\"password\":\"$2\"}" \
+    @GATEWAY@/api/auth/login; }
+  field() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+  ALICE=$(login alice@payflow.local Alice-Passw0rd); BOB=$(login bob@payflow.local Bob-Passw0rd)
+  TOKEN=$(echo "$ALICE" | field 'd["accessToken"]'); ALICE_ID=$(echo "$ALICE" | field 'd["user"]["id"]')
+  BOB_TOKEN=$(echo "$BOB" | field 'd["accessToken"]'); BOB_ID=$(echo "$BOB" | field 'd["user"]["id"]')
   curl -s -H "Authorization: Bearer $TOKEN" @GATEWAY@/api/auth/me; echo
-  ALICE_ID=$(curl -s -H "Authorization: Bearer $TOKEN" @GATEWAY@/api/auth/me \
-    | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("user", d)["id"])')
   curl -s -H "Authorization: Bearer $TOKEN" @GATEWAY@/api/wallets/$ALICE_ID; echo
+  # send money: 201 PENDING at once, COMPLETED a moment later
+  curl -s -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    -H "Idempotency-Key: demo-$RANDOM" -d "{\"toUserId\":\"$BOB_ID\",\"amount\":\"25.50\"}" \
+    @GATEWAY@/api/transactions; echo
+  sleep 1
+  curl -s -H "Authorization: Bearer $TOKEN" @GATEWAY@/api/transactions; echo
+  curl -s -H "Authorization: Bearer $TOKEN" @GATEWAY@/api/notifications/$ALICE_ID; echo
+  curl -s -H "Authorization: Bearer $BOB_TOKEN" @GATEWAY@/api/notifications/$BOB_ID; echo
+  curl -s -H "Authorization: Bearer $BOB_TOKEN" @GATEWAY@/api/wallets/$BOB_ID; echo
 EOF
 
 if [[ "$MODE" == detach ]]; then

@@ -2,15 +2,17 @@
 # Project-local stack of real servers (Postgres, Redis, optionally RabbitMQ)
 # for running and testing PayFlow without Docker or systemd.
 #
-# Usage: scripts/stack.sh start|stop|env run|test
+# Usage: scripts/stack.sh start|stop|env|restart-rabbitmq run|test
 #
 #   start NAME  start the NAME stack (idempotent; `test` always starts from
 #               empty data, `run` keeps its data between runs)
 #   stop NAME   stop everything of the NAME stack (safe when nothing runs)
 #   env NAME    print `export` lines with the connection URLs
+#   restart-rabbitmq NAME  stop and start the stack's RabbitMQ node (its
+#               durable queues and persistent messages survive; crash tests)
 #
 # Environment:
-#   PAYFLOW_STACK_RABBITMQ=1  also run RabbitMQ (default 0)
+#   PAYFLOW_STACK_RABBITMQ=0  do not run RabbitMQ (default 1: the services need it)
 #   PAYFLOW_PG_FAST=1         Postgres with fsync=off, synchronous_commit=off
 #                             (throwaway data only; scripts/test.sh sets it)
 #   PAYFLOW_PG_BIN            Postgres server binaries (/usr/lib/postgresql/15/bin)
@@ -49,7 +51,7 @@ setup_stack() {
     PAYFLOW_LOG_TAG="stack:$STACK"
     STATE="$PAYFLOW_STATE_ROOT/$STACK"
     TIMEOUT="${PAYFLOW_STACK_TIMEOUT:-60}"
-    RABBITMQ_ON="${PAYFLOW_STACK_RABBITMQ:-0}"
+    RABBITMQ_ON="${PAYFLOW_STACK_RABBITMQ:-1}"
 
     PG_BIN="${PAYFLOW_PG_BIN:-/usr/lib/postgresql/15/bin}"
     PG_DIR="$STATE/postgres"
@@ -474,6 +476,16 @@ cmd_stop() {
     log "stack '$STACK' stopped"
 }
 
+cmd_restart_rabbitmq() {
+    [[ "$RABBITMQ_ON" == 1 ]] || die "RabbitMQ is off for this stack"
+    lock_stack
+    local t0
+    t0="$(now_us)"
+    rmq_stop
+    rmq_start
+    log "rabbitmq of stack '$STACK' restarted in $(elapsed_since "$t0")s"
+}
+
 cmd_env() {
     local -a vars=(
         "DATABASE_URL=postgres://payflow:payflow@127.0.0.1:$PG_PORT/payflow"
@@ -510,6 +522,7 @@ main() {
         start) cmd_start ;;
         stop) cmd_stop ;;
         env) cmd_env ;;
+        restart-rabbitmq) cmd_restart_rabbitmq ;;
         *) usage >&2; die "unknown command '$1'" ;;
     esac
 }

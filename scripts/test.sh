@@ -34,7 +34,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 STEP=0
-TOTAL=4
+TOTAL=5
 # step TITLE CMD...: print a heading, run CMD, report elapsed time; stop the
 # whole run on failure with CMD's exit code.
 step() {
@@ -66,3 +66,6 @@ step "cargo fmt --all --check" cargo fmt --all --check
 step "cargo clippy --workspace --all-targets --locked -- -D warnings" \
     cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test --workspace --locked${*:+ $*}" cargo test --workspace --locked "$@"
+# Tests that restart shared servers run alone, after everything else.
+step "cargo test (alone: RabbitMQ restart)" \
+    cargo test -p payflow --test it --locked -- --ignored --test-threads=1

@@ -5,7 +5,7 @@ use tracing_subscriber::{fmt, EnvFilter};
 /// Installs the global subscriber once; later calls (tests) are no-ops.
 pub fn init() {
     let filter = EnvFilter::try_from_env("PAYFLOW_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,h2=warn,tower=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,h2=warn,tower=warn,lapin=off,pinky_swear=off"));
     let _ = fmt()
         .json()
         .flatten_event(true)

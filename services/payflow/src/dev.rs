@@ -136,6 +136,13 @@ pub async fn run(a: DevArgs, cancel: CancellationToken) -> anyhow::Result<()> {
     tasks.spawn(payflow_transaction::run(transaction, cancel.clone()));
     tasks.spawn(payflow_transaction::worker::run(worker, cancel.clone()));
     tasks.spawn(payflow_notification::run(notification, cancel.clone()));
+    let reversal: payflow_transaction::ReversalConfig = component(&[
+        db.clone(),
+        flag("wallet-url", url(a.wallet_port)),
+        service_token.clone(),
+        flag("amqp-prefix", a.amqp.prefix.clone()),
+    ])?;
+    tasks.spawn(reverse_every_minute(reversal, cancel.clone()));
     tracing::info!(gateway = %url(a.gateway_port), "payflow dev is up");
     let mut first_error = None;
     while let Some(result) = tasks.join_next().await {
@@ -147,4 +154,21 @@ pub async fn run(a: DevArgs, cancel: CancellationToken) -> anyhow::Result<()> {
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// What the CronJob does in Kubernetes: a reversal pass every minute.
+async fn reverse_every_minute(
+    cfg: payflow_transaction::ReversalConfig,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return Ok(()),
+        }
+        if let Err(e) = payflow_transaction::reversal::run(&cfg).await {
+            tracing::warn!(error = format!("{e:#}"), "reversal pass failed");
+        }
+    }
 }

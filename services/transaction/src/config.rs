@@ -59,7 +59,7 @@ pub struct WorkerConfig {
     /// Unacknowledged messages the broker may hand this worker at once.
     #[arg(long = "worker-prefetch", env = "PAYFLOW_WORKER_PREFETCH", default_value_t = 200)]
     pub prefetch: u16,
-    /// Most messages settled in one database transaction.
+    /// Most messages settled in one database transaction (at most 200).
     #[arg(long = "worker-batch", env = "PAYFLOW_WORKER_BATCH", default_value_t = 100)]
     pub batch: usize,
 }

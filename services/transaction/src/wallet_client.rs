@@ -104,6 +104,30 @@ impl WalletClient {
         self.resolve(id, "post", correlation_id).await
     }
 
+    /// Posts a batch in one wallet transaction; the outcome of each id.
+    pub async fn post_many(&self, ids: &[Uuid], correlation_id: &str) -> Result<Vec<(Uuid, Resolution)>, Unavailable> {
+        let body = json!({ "ids": ids });
+        let (status, body) =
+            self.call("/internal/transfers/post-batch", Some(&body), correlation_id).await.map_err(Unavailable)?;
+        if status != 200 {
+            return Err(Unavailable(format!("unexpected wallet answer {status}: {body}")));
+        }
+        let items = body.as_array().ok_or_else(|| Unavailable(format!("not a list: {body}")))?;
+        items
+            .iter()
+            .map(|item| {
+                let id = item["id"].as_str().and_then(|i| Uuid::parse_str(i).ok());
+                let outcome = match item["outcome"].as_str() {
+                    Some("posted") => Some(Resolution::Posted),
+                    Some("voided") => Some(Resolution::Voided),
+                    Some("not_found") => Some(Resolution::NotFound),
+                    _ => None,
+                };
+                id.zip(outcome).ok_or_else(|| Unavailable(format!("bad item {item}")))
+            })
+            .collect()
+    }
+
     pub async fn void(&self, id: Uuid, correlation_id: &str) -> Result<Resolution, Unavailable> {
         self.resolve(id, "void", correlation_id).await
     }

@@ -68,6 +68,9 @@ impl WorkerMetrics {
     }
 }
 
+/// Wallet posts at most this many transfers per call.
+const MAX_BATCH: usize = 200;
+
 struct Worker {
     pool: PgPool,
     wallet: WalletClient,
@@ -141,7 +144,7 @@ impl Worker {
             let Some(first) = first else { anyhow::bail!("consumer cancelled by the broker") };
             let mut batch = vec![first?];
             // Whatever else is already here joins the batch: one commit for all.
-            while batch.len() < self.cfg.batch {
+            while batch.len() < self.cfg.batch.clamp(1, MAX_BATCH) {
                 match tokio::time::timeout(Duration::from_millis(2), consumer.next()).await {
                     Ok(Some(d)) => batch.push(d?),
                     Ok(None) | Err(_) => break,
@@ -177,26 +180,25 @@ impl Worker {
         .execute(&self.pool)
         .await?;
 
-        let outcomes = futures::future::join_all(ids.iter().map(|id| {
-            let corr = work.iter().find(|(_, m)| m.body.transaction_id == *id).map(|(_, m)| m.correlation_id.as_str());
-            self.resolve(*id, corr.unwrap_or_default())
-        }))
-        .await;
+        let correlation = work.first().map(|(_, m)| m.correlation_id.clone()).unwrap_or_default();
+        let outcomes = self.resolve_all(&ids, &correlation).await;
         crate::fault::point("worker-after-post");
 
         let mut completed = Vec::new();
         let mut failed = Vec::new();
-        let mut unresolved = HashSet::new();
-        for (id, outcome) in ids.iter().zip(outcomes) {
-            match outcome {
-                Some(Resolution::Posted) => completed.push(*id),
-                Some(Resolution::Voided | Resolution::NotFound) => {
-                    failed.push((*id, "Transfer was reversed before it could settle".to_string()))
-                }
-                None => {
-                    unresolved.insert(*id);
+        let mut unresolved: HashSet<Uuid> = HashSet::new();
+        match outcomes {
+            Some(outcomes) => {
+                for (id, outcome) in outcomes {
+                    match outcome {
+                        Resolution::Posted => completed.push(id),
+                        Resolution::Voided | Resolution::NotFound => {
+                            failed.push((id, "Transfer was reversed before it could settle".to_string()))
+                        }
+                    }
                 }
             }
+            None => unresolved.extend(ids.iter().copied()),
         }
         match store::finish(&self.pool, &self.topology, &completed, &failed).await {
             Ok(changed) => {
@@ -224,21 +226,30 @@ impl Worker {
         Ok(())
     }
 
-    /// Posts at wallet. A transfer wallet never saw is voided (recorded as
-    /// such), so it can never move later. `None`: wallet unreachable.
-    async fn resolve(&self, id: Uuid, correlation_id: &str) -> Option<Resolution> {
+    /// Posts the batch at wallet in one call. A transfer wallet never saw is
+    /// voided (recorded as such), so it can never move later. `None`: wallet
+    /// unreachable, the whole batch is retried later.
+    async fn resolve_all(&self, ids: &[Uuid], correlation_id: &str) -> Option<Vec<(Uuid, Resolution)>> {
         let started = Instant::now();
-        let result = match self.wallet.post(id, correlation_id).await {
-            Ok(Resolution::NotFound) => self.wallet.void(id, correlation_id).await,
-            other => other,
-        };
-        match result {
-            Ok(r) => Some(r),
+        let mut outcomes = match self.wallet.post_many(ids, correlation_id).await {
+            Ok(o) => o,
             Err(e) => {
-                tracing::warn!(transaction_id = %id, error = %e, elapsed_ms = started.elapsed().as_millis() as u64, "wallet unavailable");
-                None
+                tracing::warn!(error = %e, batch = ids.len(), elapsed_ms = started.elapsed().as_millis() as u64, "wallet unavailable");
+                return None;
+            }
+        };
+        for (id, outcome) in outcomes.iter_mut() {
+            if *outcome == Resolution::NotFound {
+                match self.wallet.void(*id, correlation_id).await {
+                    Ok(r) => *outcome = r,
+                    Err(e) => {
+                        tracing::warn!(transaction_id = %id, error = %e, "could not void an unknown transfer");
+                        return None;
+                    }
+                }
             }
         }
+        Some(outcomes)
     }
 
     /// Parks the message in the retry queue (it comes back after a delay) and

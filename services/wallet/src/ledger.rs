@@ -324,6 +324,104 @@ pub async fn post(pool: &PgPool, id: TransferId) -> Result<Transfer, LedgerError
     .await
 }
 
+/// Final state of one transfer of a batch post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchOutcome {
+    Posted,
+    Voided,
+    NotFound,
+}
+
+/// Posts many pending transfers in one database transaction (the worker's
+/// batches): one lock pass over their accounts, one balance update per
+/// account, one insert of all ledger entries. Same guarantees as [`post`]:
+/// each transfer moves at most once, already posted ones are successes.
+pub async fn post_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<(Uuid, BatchOutcome)>, LedgerError> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    retrying(|| async {
+        let mut tx = pool.begin().await?;
+        // Transfer rows first, in id order, so overlapping batches queue instead of deadlocking.
+        let moving: Vec<(Uuid, Uuid, Uuid, i64)> = sqlx::query_as(
+            "SELECT id, debit_account_id, credit_account_id, amount FROM wallet.transfers \
+             WHERE id = ANY($1) AND state = 'pending' ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !moving.is_empty() {
+            let moving_ids: Vec<Uuid> = moving.iter().map(|m| m.0).collect();
+            sqlx::query("UPDATE wallet.transfers SET state = 'posted', resolved_at = now() WHERE id = ANY($1)")
+                .bind(&moving_ids)
+                .execute(&mut *tx)
+                .await?;
+            // Net effect per account: balance delta and released hold.
+            let mut deltas: std::collections::BTreeMap<Uuid, (i64, i64)> = Default::default();
+            for (_, debit, credit, amount) in &moving {
+                let d = deltas.entry(*debit).or_default();
+                d.0 -= amount;
+                d.1 += amount;
+                deltas.entry(*credit).or_default().0 += amount;
+            }
+            let accounts: Vec<Uuid> = deltas.keys().copied().collect();
+            sqlx::query("SELECT id FROM wallet.accounts WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+                .bind(&accounts)
+                .execute(&mut *tx)
+                .await?;
+            let balance: Vec<i64> = deltas.values().map(|d| d.0).collect();
+            let released: Vec<i64> = deltas.values().map(|d| d.1).collect();
+            sqlx::query(
+                "UPDATE wallet.accounts a SET balance = a.balance + d.balance, \
+                 pending_debits = a.pending_debits - d.released, updated_at = now() \
+                 FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS d(id, balance, released) WHERE a.id = d.id",
+            )
+            .bind(&accounts)
+            .bind(&balance)
+            .bind(&released)
+            .execute(&mut *tx)
+            .await?;
+            let mut entry_transfer = Vec::with_capacity(moving.len() * 2);
+            let mut entry_account = Vec::with_capacity(moving.len() * 2);
+            let mut entry_amount = Vec::with_capacity(moving.len() * 2);
+            for (id, debit, credit, amount) in &moving {
+                entry_transfer.extend([*id, *id]);
+                entry_account.extend([*debit, *credit]);
+                entry_amount.extend([-amount, *amount]);
+            }
+            sqlx::query(
+                "INSERT INTO wallet.ledger_entries (transfer_id, account_id, amount) \
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[])",
+            )
+            .bind(&entry_transfer)
+            .bind(&entry_account)
+            .bind(&entry_amount)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let states: Vec<(Uuid, TransferState)> =
+            sqlx::query_as("SELECT id, state FROM wallet.transfers WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let outcome = match states.iter().find(|s| s.0 == *id).map(|s| s.1) {
+                Some(TransferState::Posted) => BatchOutcome::Posted,
+                Some(TransferState::Voided) => BatchOutcome::Voided,
+                // Pending after our pass: a concurrent create committed in between.
+                Some(TransferState::Pending) => return Err(LedgerError::Retry),
+                None => BatchOutcome::NotFound,
+            };
+            out.push((*id, outcome));
+        }
+        Ok(out)
+    })
+    .await
+}
+
 /// Voids a pending transfer, releasing the hold. Voiding an id never seen
 /// records a tombstone so that a late create with that id is refused.
 pub async fn void(pool: &PgPool, id: TransferId) -> Result<Transfer, LedgerError> {

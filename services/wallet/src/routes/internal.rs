@@ -117,3 +117,25 @@ pub async fn void_transfer(State(state): State<AppState>, Path(raw): Path<String
     let id: TransferId = parse_path_id(&raw, "id")?;
     Ok(Json(transfer_json(&ledger::void(&state.pool, id).await?)))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostBatch {
+    ids: Vec<TransferId>,
+}
+
+/// Most transfers one batch may post (keeps the body under the 10 KB limit).
+const MAX_BATCH: usize = 200;
+
+/// `POST /internal/transfers/post-batch` `{"ids":[...]}` → `[{"id","outcome"}]`,
+/// outcome `posted`, `voided` or `not_found`.
+pub async fn post_batch(State(state): State<AppState>, ApiJson(req): ApiJson<PostBatch>) -> ApiResult<Json<Value>> {
+    if req.ids.is_empty() || req.ids.len() > MAX_BATCH {
+        return Err(ApiError::validation(vec![FieldError::new("ids", format!("must hold 1-{MAX_BATCH} ids"))]));
+    }
+    let ids: Vec<uuid::Uuid> = req.ids.iter().map(|i| i.0).collect();
+    let results = ledger::post_many(&state.pool, &ids).await?;
+    Ok(Json(Value::Array(
+        results.into_iter().map(|(id, outcome)| serde_json::json!({"id": id, "outcome": outcome})).collect(),
+    )))
+}

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# The send-money benchmark (prints numbers; it is not a test). Builds payflow
+# and payflow-bench (release), starts the `run` stack with RabbitMQ, migrates,
+# starts `payflow dev` with the gateway's rate limits off, runs the load
+# generator (tools/bench), then pgbench on the same Postgres for comparison.
+# Stops what it started when it ends, also on failure or Ctrl-C.
+#
+# Usage: scripts/bench.sh [OPTIONS]
+#   --quick               levels 1,8,32 at 5 s each
+#   --levels LIST         concurrency levels, e.g. 1,2,4,8 (default 1,2,4,8,16,32,64,128)
+#   --duration SECS       seconds of load per level (default 10)
+#   --users N             users to register (default 500)
+#   --drain-timeout SECS  most seconds to wait for a level to settle (default 60)
+#   --no-pgbench          skip the pgbench comparison
+#   -h, --help            this text
+#
+# Environment: PAYFLOW_PG_FAST=1 runs Postgres without fsync (only when this
+# script starts the stack); PAYFLOW_READY_TIMEOUT (default 120) bounds the
+# wait for /readyz; other PAYFLOW_* settings reach payflow dev.
+#
+# Output: the report on stdout and in .payflow/run/bench-<time>.md;
+# payflow's log (level warn) in .payflow/run/bench-payflow.log.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+PAYFLOW_LOG_TAG=bench
+
+usage() {
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+}
+
+LEVELS="1,2,4,8,16,32,64,128"
+DURATION=10
+USERS=500
+DRAIN=60
+PGBENCH=1
+ORIG_ARGS=("$@")
+while (($#)); do
+    case "$1" in
+        --quick) LEVELS="1,8,32" DURATION=5; shift ;;
+        --levels) LEVELS="${2:?--levels needs a list}"; shift 2 ;;
+        --duration) DURATION="${2:?--duration needs seconds}"; shift 2 ;;
+        --users) USERS="${2:?--users needs a number}"; shift 2 ;;
+        --drain-timeout) DRAIN="${2:?--drain-timeout needs seconds}"; shift 2 ;;
+        --no-pgbench) PGBENCH=0; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option '$1'" ;;
+    esac
+done
+[[ "$LEVELS" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--levels must be a comma-separated list of numbers, got '$LEVELS'"
+[[ "$DURATION" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--duration must be seconds, got '$DURATION'"
+[[ "$DRAIN" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--drain-timeout must be seconds, got '$DRAIN'"
+[[ "$USERS" =~ ^[0-9]+$ ]] || die "--users must be a number, got '$USERS'"
+
+STACK="$PAYFLOW_SCRIPTS/stack.sh"
+RUN_DIR="$PAYFLOW_STATE_ROOT/run"
+APP_LOG="$RUN_DIR/bench-payflow.log"
+REPORT="$RUN_DIR/bench-$(date -u +%Y%m%dT%H%M%SZ).md"
+BIN="$CARGO_TARGET_DIR/release/payflow"
+BENCH_BIN="$CARGO_TARGET_DIR/release/payflow-bench"
+READY_TIMEOUT="${PAYFLOW_READY_TIMEOUT:-120}"
+GATEWAY_PORT="${PAYFLOW_GATEWAY_PORT:-3000}"
+PORTS=(
+    "$GATEWAY_PORT" "${PAYFLOW_WALLET_PORT:-3001}" "${PAYFLOW_TRANSACTION_PORT:-3002}"
+    "${PAYFLOW_NOTIFICATION_PORT:-3003}" "${PAYFLOW_AUTH_PORT:-3004}" "${PAYFLOW_WORKER_PORT:-3005}"
+)
+GATEWAY="http://127.0.0.1:$GATEWAY_PORT"
+METRICS_URLS="$GATEWAY/metrics,http://127.0.0.1:${PORTS[1]}/metrics,http://127.0.0.1:${PORTS[2]}/metrics,http://127.0.0.1:${PORTS[5]}/metrics"
+
+APP_PID=""
+STACK_OURS=0
+stop_app() {
+    if [[ -n "$APP_PID" ]] && pid_alive "$APP_PID" '(^|/)payflow( |$)'; then
+        log "stopping payflow dev (pid $APP_PID)"
+        stop_pid "$APP_PID" 30
+    fi
+    APP_PID=""
+}
+# shellcheck disable=SC2317  # only reached through the traps below
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop_app
+    if ((STACK_OURS)); then
+        "$STACK" stop run || warn "stopping the run stack failed; try: scripts/stack.sh stop run"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+ensure_apt_packages "${PAYFLOW_STACK_APT_PACKAGES[@]}"
+cd "$PAYFLOW_ROOT"
+
+log "building (cargo build --release -p payflow -p payflow-bench)"
+cargo build --release -p payflow -p payflow-bench
+[[ -x "$BIN" && -x "$BENCH_BIN" ]] || die "build succeeded but $BIN or $BENCH_BIN is missing"
+
+# Somebody else's payflow (scripts/run.sh) would answer our requests.
+for port in "${PORTS[@]}"; do
+    if port_open "$port"; then
+        die "port $port is in use (scripts/run.sh running? stop it with: scripts/run.sh stop)"
+    fi
+done
+
+# A stack that was up before us (scripts/run.sh --no-wait) is left up.
+if port_open 55432; then
+    log "the run stack is already up; it stays up afterwards"
+else
+    STACK_OURS=1
+fi
+PAYFLOW_STACK_RABBITMQ=1 "$STACK" start run
+stack_env="$(PAYFLOW_STACK_RABBITMQ=1 "$STACK" env run)"
+eval "$stack_env"
+
+log "running migrations (payflow migrate)"
+"$BIN" migrate >&2
+
+mkdir -p "$RUN_DIR"
+log "starting payflow dev, release build, rate limits off (log: $APP_LOG)"
+printf '\n===== payflow dev (bench) started %s =====\n' "$(date -Is)" >>"$APP_LOG"
+# setsid: Ctrl-C reaches us, not payflow; we stop it. fd 9 is stack.sh's lock.
+PAYFLOW_RATE_LIMIT_IP_PER_MINUTE=0 \
+    PAYFLOW_RATE_LIMIT_USER_PER_MINUTE=0 \
+    PAYFLOW_RATE_LIMIT_AUTH_PER_MINUTE=0 \
+    PAYFLOW_ACCESS_TOKEN_TTL_SECS="${PAYFLOW_ACCESS_TOKEN_TTL_SECS:-3600}" \
+    PAYFLOW_LOG="${PAYFLOW_LOG:-warn}" \
+    setsid "$BIN" dev >>"$APP_LOG" 2>&1 </dev/null 9>&- &
+APP_PID=$!
+
+readyz_ok() {
+    [[ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$GATEWAY/readyz")" == 200 ]]
+}
+deadline=$((EPOCHSECONDS + READY_TIMEOUT))
+until readyz_ok; do
+    if ! kill -0 "$APP_PID" 2>/dev/null; then
+        log_tail "$APP_LOG" 60
+        die "payflow dev exited before $GATEWAY/readyz answered 200"
+    fi
+    ((EPOCHSECONDS < deadline)) || { log_tail "$APP_LOG" 60; die "$GATEWAY/readyz not 200 within ${READY_TIMEOUT}s"; }
+    sleep 0.25
+done
+log "payflow ready at $GATEWAY"
+
+pg_settings="$(psql "$PAYFLOW_DATABASE_URL" -XAtq -F ' ' -c \
+    "SELECT 'fsync=' || current_setting('fsync') || ', synchronous_commit=' || current_setting('synchronous_commit') \
+     || ', shared_buffers=' || current_setting('shared_buffers') || ', max_connections=' || current_setting('max_connections')")"
+
+log "running payflow-bench (levels $LEVELS, ${DURATION}s each, $USERS users); report: $REPORT"
+{
+    printf 'Command: `scripts/bench.sh'
+    if ((${#ORIG_ARGS[@]})); then printf ' %s' "${ORIG_ARGS[@]}"; fi
+    printf '` on %s (git %s)\n\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(git describe --always --dirty 2>/dev/null || echo '?')"
+} >"$REPORT"
+"$BENCH_BIN" --gateway "$GATEWAY" --levels "$LEVELS" --duration "$DURATION" --users "$USERS" \
+    --drain-timeout "$DRAIN" --metrics-urls "$METRICS_URLS" | tee -a "$REPORT"
+printf '\nPostgres: %s (PayFlow and pgbench alike).\n' "$pg_settings" | tee -a "$REPORT"
+
+# Nothing else competes with pgbench for the two cores.
+stop_app
+
+if ((PGBENCH)); then
+    PGBENCH_URL="${PAYFLOW_DATABASE_URL%/*}/pgbench"
+    if [[ "$(psql "$PAYFLOW_DATABASE_URL" -XAtqc "SELECT 1 FROM pg_database WHERE datname = 'pgbench'")" != 1 ]]; then
+        psql "$PAYFLOW_DATABASE_URL" -Xqc 'CREATE DATABASE pgbench'
+    fi
+    log "pgbench -i -s 10 (database pgbench)"
+    pgbench -i -s 10 -q "$PGBENCH_URL" >"$RUN_DIR/pgbench-init.log" 2>&1 || { log_tail "$RUN_DIR/pgbench-init.log"; die "pgbench -i failed"; }
+    log "pgbench -c 8 -j 2 -T 20 -b tpcb-like"
+    pgbench -c 8 -j 2 -T 20 -b tpcb-like "$PGBENCH_URL" >"$RUN_DIR/pgbench.log" 2>&1 || { log_tail "$RUN_DIR/pgbench.log"; die "pgbench failed"; }
+    tps="$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$RUN_DIR/pgbench.log")"
+    lat="$(sed -n 's/^latency average = \(.*\)$/\1/p' "$RUN_DIR/pgbench.log")"
+    {
+        printf '\n### pgbench on the same Postgres, for comparison\n\n'
+        # shellcheck disable=SC2016  # backticks are markdown here
+        printf '`pgbench -c 8 -j 2 -T 20 -b tpcb-like` (scale 10, payflow stopped): **%s tps**, latency average %s.\n' \
+            "${tps:-?}" "${lat:-?}"
+        printf 'Each tpcb-like transaction is 5 statements and 1 commit; a PayFlow transfer is several commits (see docs/benchmark.md).\n'
+    } | tee -a "$REPORT"
+    psql "$PAYFLOW_DATABASE_URL" -Xqc 'DROP DATABASE IF EXISTS pgbench' || warn "could not drop database pgbench"
+fi
+log "report written to $REPORT"
