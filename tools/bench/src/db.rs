@@ -69,13 +69,5 @@ pub async fn settlement(pool: &PgPool, ids: &[Uuid], window_end: DateTime<Utc>) 
     .bind(window_end)
     .fetch_one(pool)
     .await?;
-    Ok(Settlement {
-        completed_in_window: r.0,
-        completed: r.1,
-        failed: r.2,
-        open: r.3,
-        found: r.4,
-        p50: r.5,
-        p99: r.6,
-    })
+    Ok(Settlement { completed_in_window: r.0, completed: r.1, failed: r.2, open: r.3, found: r.4, p50: r.5, p99: r.6 })
 }

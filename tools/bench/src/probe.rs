@@ -45,9 +45,9 @@ fn parse_series(series: &str) -> (&str, BTreeMap<&str, &str>) {
 
 /// Differences between two scrapes, summed over series of one name (and
 /// grouped by `group`, a function of the labels).
-fn deltas<'a>(
+fn deltas(
     before: &Scrape,
-    after: &'a Scrape,
+    after: &Scrape,
     name: &str,
     group: impl Fn(&BTreeMap<&str, &str>) -> Option<String>,
 ) -> BTreeMap<String, f64> {
@@ -260,11 +260,10 @@ pub async fn sample(
             }
         }
         if Instant::now() < load_end {
-            let open: Result<i64, _> = sqlx::query_scalar(
-                "SELECT count(*) FROM txn.transactions WHERE status IN ('PENDING', 'PROCESSING')",
-            )
-            .fetch_one(&pool)
-            .await;
+            let open: Result<i64, _> =
+                sqlx::query_scalar("SELECT count(*) FROM txn.transactions WHERE status IN ('PENDING', 'PROCESSING')")
+                    .fetch_one(&pool)
+                    .await;
             if let Ok(open) = open {
                 s.open_series.push((started.elapsed().as_secs_f64(), open));
             }

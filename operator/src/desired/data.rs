@@ -1,0 +1,148 @@
+//! Managed Postgres, Redis and RabbitMQ: a StatefulSet with a volume and a
+//! Service each. External ones are only referenced (their Secrets).
+
+use serde_json::{json, Value};
+
+use super::components::{container_security, pod_security};
+use super::{Child, Names};
+use crate::crd::{DataMode, DataServiceSpec, PayFlow};
+
+struct Managed {
+    name: &'static str,
+    image: &'static str,
+    port: u16,
+    mount: &'static str,
+    default_storage: &'static str,
+}
+
+const POSTGRES: Managed = Managed {
+    name: "postgres",
+    image: "postgres:16",
+    port: 5432,
+    mount: "/var/lib/postgresql/data",
+    default_storage: "10Gi",
+};
+const REDIS: Managed = Managed { name: "redis", image: "redis:7", port: 6379, mount: "/data", default_storage: "1Gi" };
+const RABBITMQ: Managed = Managed {
+    name: "rabbitmq",
+    image: "rabbitmq:3.13-management",
+    port: 5672,
+    mount: "/var/lib/rabbitmq",
+    default_storage: "1Gi",
+};
+
+pub fn children(pf: &PayFlow, names: &Names, owner: &Value) -> Vec<Child> {
+    let mut out = Vec::new();
+    for (m, spec) in [(&POSTGRES, &pf.spec.postgres), (&REDIS, &pf.spec.redis), (&RABBITMQ, &pf.spec.rabbitmq)] {
+        if spec.mode == DataMode::Managed {
+            out.push(statefulset(m, spec, names, owner));
+            out.push(service(m, names, owner));
+        }
+    }
+    out
+}
+
+fn env(m: &Managed, names: &Names) -> Value {
+    let creds = names.credentials();
+    let secret = |key: &str| json!({"secretKeyRef": {"name": creds, "key": key}});
+    match m.name {
+        "postgres" => json!([
+            {"name": "POSTGRES_USER", "value": "payflow"},
+            {"name": "POSTGRES_DB", "value": "payflow"},
+            {"name": "POSTGRES_PASSWORD", "valueFrom": secret("postgres-password")},
+            {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
+        ]),
+        "rabbitmq" => json!([
+            {"name": "RABBITMQ_DEFAULT_USER", "value": "payflow"},
+            {"name": "RABBITMQ_DEFAULT_PASS", "valueFrom": secret("rabbitmq-password")},
+        ]),
+        _ => json!([]),
+    }
+}
+
+fn statefulset(m: &Managed, spec: &DataServiceSpec, names: &Names, owner: &Value) -> Child {
+    let name = names.of(m.name);
+    let mut ports = vec![json!({"name": "main", "containerPort": m.port})];
+    if m.name == "rabbitmq" {
+        ports.push(json!({"name": "management", "containerPort": 15672}));
+    }
+    let mut claim_spec = json!({
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": spec.storage.clone().unwrap_or_else(|| m.default_storage.into())}},
+    });
+    if let Some(class) = &spec.storage_class {
+        claim_spec["storageClassName"] = json!(class);
+    }
+    // The data images run as their own users; keep the restricted profile
+    // but let them pick the uid they were built for.
+    let mut pod_sec = pod_security();
+    if let Some(o) = pod_sec.as_object_mut() {
+        o.remove("runAsUser");
+        o.remove("runAsGroup");
+        o.insert("runAsNonRoot".into(), json!(m.name != "postgres"));
+    }
+    let mut container_sec = container_security();
+    container_sec["readOnlyRootFilesystem"] = json!(false);
+    container_sec["runAsNonRoot"] = json!(m.name != "postgres");
+    let obj = json!({
+        "metadata": {"name": name, "labels": names.labels(m.name)},
+        "spec": {
+            "serviceName": name,
+            "replicas": 1,
+            "selector": {"matchLabels": names.selector(m.name)},
+            // PVCs outlive the StatefulSet; the finalizer applies deletionPolicy to them.
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+            "template": {
+                "metadata": {"labels": names.labels(m.name)},
+                "spec": {
+                    "securityContext": pod_sec,
+                    "automountServiceAccountToken": false,
+                    "containers": [{
+                        "name": m.name,
+                        "image": m.image,
+                        "ports": ports,
+                        "env": env(m, names),
+                        "volumeMounts": [{"name": "data", "mountPath": m.mount}],
+                        "readinessProbe": {"tcpSocket": {"port": "main"}, "periodSeconds": 5},
+                        "securityContext": container_sec,
+                    }],
+                },
+            },
+            "volumeClaimTemplates": [{"metadata": {"name": "data", "labels": names.labels(m.name)}, "spec": claim_spec}],
+        },
+    });
+    Child::new("apps/v1", "StatefulSet", name, obj, owner)
+}
+
+fn service(m: &Managed, names: &Names, owner: &Value) -> Child {
+    let name = names.of(m.name);
+    let mut ports = vec![json!({"name": "main", "port": m.port, "targetPort": "main"})];
+    if m.name == "rabbitmq" {
+        ports.push(json!({"name": "management", "port": 15672, "targetPort": "management"}));
+    }
+    let obj = json!({
+        "metadata": {"name": name, "labels": names.labels(m.name)},
+        "spec": {"type": "ClusterIP", "selector": names.selector(m.name), "ports": ports},
+    });
+    Child::new("v1", "Service", name, obj, owner)
+}
+
+/// URLs the operator writes into the credentials Secret for managed services.
+pub fn managed_urls(names: &Names, postgres_password: &str, rabbitmq_password: &str) -> [(String, String); 3] {
+    [
+        (
+            "rabbitmq-management-url".into(),
+            format!("http://payflow:{rabbitmq_password}@{}:15672", names.of("rabbitmq")),
+        ),
+        (
+            "database-url".into(),
+            format!("postgres://payflow:{postgres_password}@{}:5432/payflow", names.of("postgres")),
+        ),
+        ("amqp-url".into(), format!("amqp://payflow:{rabbitmq_password}@{}:5672/%2f", names.of("rabbitmq"))),
+    ]
+}
+
+/// The RabbitMQ management API of a managed broker (for the scaler).
+pub fn management_url(names: &Names) -> String {
+    format!("http://{}:15672", names.of("rabbitmq"))
+}

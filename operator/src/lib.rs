@@ -1,0 +1,5 @@
+//! The PayFlow operator: one `PayFlow` resource in, the whole platform out.
+
+pub mod crd;
+pub mod desired;
+pub mod scaler;

@@ -1,0 +1,3 @@
+//! Worker autoscaling on queue depth, with KEDA's RabbitMQ scaler and HPA semantics.
+
+pub mod algorithm;
