@@ -116,6 +116,7 @@ cmd_build() {
         die "go build failed"
     fi
     tc_built "$tmp" || die "go build did not produce ${TC_BINARIES[*]} in $tmp"
+    chmod 755 "$tmp"
     rm -rf "$bindir"
     mv "$tmp" "$bindir"
     # Binaries of other go.sum versions are ~400 MB each: keep only this one.
@@ -347,6 +348,7 @@ cmd_start() {
         --cluster-signing-cert-file="$TC_PKI/ca.crt" \
         --cluster-signing-key-file="$TC_PKI/ca.key" \
         --service-cluster-ip-range="$TC_SERVICE_CIDR" \
+        --enable-hostpath-provisioner=true \
         "${common[@]}"
     launch kube-scheduler "$bin/kube-scheduler" \
         --kubeconfig="$TC_STATE/scheduler.kubeconfig" \
@@ -384,7 +386,21 @@ status:
   capacity: {cpu: \"64\", memory: 256Gi, pods: \"250\"}
 "
     done
+    # A default StorageClass served by kube-controller-manager's own hostPath
+    # provisioner (--enable-hostpath-provisioner): PVCs bind, StatefulSet pods
+    # schedule, and reclaimPolicy Delete removes the PV (an empty directory
+    # under /tmp/hostpath_pv/) when its claim goes.
+    local storage='apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: kubernetes.io/host-path
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+allowVolumeExpansion: false'
     wait_up kube-apiserver "node creation" kc apply -f - <<<"$nodes"
+    wait_up kube-apiserver "StorageClass creation" kc apply -f - <<<"$storage"
     wait_up kwok "fake nodes Ready" nodes_ready
     wait_up kube-controller-manager "kube-controller-manager /healthz" healthz_https "$TC_KCM_PORT"
     wait_up kube-scheduler "kube-scheduler /healthz" healthz_https "$TC_SCHEDULER_PORT"
@@ -405,9 +421,19 @@ stop_components() {
     done
 }
 
+# Directories that the hostPath provisioner made for PVs still present.
+remove_hostpath_volumes() {
+    [[ -n "$(component_pid kube-apiserver)" ]] && [[ -x "$(tc_bindir)/kubectl" ]] || return 0
+    local path
+    while read -r path; do
+        [[ "$path" == /tmp/hostpath_pv/?* && "$path" != *..* ]] && rm -rf "$path"
+    done < <(kc get pv --request-timeout=5s -o 'jsonpath={range .items[*]}{.spec.hostPath.path}{"\n"}{end}' 2>/dev/null || true)
+}
+
 cmd_stop() {
     local quiet="${1:-}"
     [[ -d "$TC_STATE" ]] || { [[ -n "$quiet" ]] || log "not running"; return 0; }
+    remove_hostpath_volumes
     stop_components
     rm -rf "$TC_STATE"
     [[ -n "$quiet" ]] || log "stopped; state removed"
@@ -508,6 +534,8 @@ EOF
     [[ "$(kc -n "$SMOKE_NS" get deployment web -o 'jsonpath={.status.readyReplicas}')" == 2 ]] ||
         die "smoke: Deployment web is Available but does not have 2 ready replicas"
     kwait "Job migrate completed" 60 -n "$SMOKE_NS" job/migrate --for=condition=Complete
+    [[ "$(kc -n "$SMOKE_NS" get events --field-selector reason=Scheduled -o 'jsonpath={.items[0].source.component}{.items[0].reportingComponent}')" == *default-scheduler* ]] ||
+        die "smoke: pods were not scheduled by kube-scheduler"
     log "smoke: start-to-ready: cluster start + Deployment Ready + Job Complete in $(elapsed_since "$t0")s"
 
     # tools/testcluster/kwok-stages.yaml fails a Job's pod on request.
@@ -535,6 +563,37 @@ EOF
     [[ "$(kc get --raw "/apis/apps/v1/namespaces/$SMOKE_NS/deployments/web/scale" |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["spec"]["replicas"])')" == 3 ]] ||
         die "smoke: the /scale subresource does not report 3 replicas"
+
+    # A StatefulSet with a volume claim: the PVC binds (default StorageClass), the pod turns Ready.
+    kc -n "$SMOKE_NS" apply -f - >/dev/null <<'EOF'
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 1
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+      - name: postgres
+        image: registry.invalid/postgres:16
+        volumeMounts: [{name: data, mountPath: /var/lib/postgresql/data}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Gi}}
+EOF
+    kwait "StatefulSet db ready with a bound PVC" 60 -n "$SMOKE_NS" statefulset/db \
+        --for=jsonpath='{.status.readyReplicas}'=1
+    kwait "PVC data-db-0 Bound" 30 -n "$SMOKE_NS" pvc/data-db-0 --for=jsonpath='{.status.phase}'=Bound
+    local pv
+    pv="$(kc -n "$SMOKE_NS" get pvc data-db-0 -o 'jsonpath={.spec.volumeName}')"
+
+    # Service-account tokens (TokenRequest, signed with pki/sa.key).
+    [[ -n "$(kc -n "$SMOKE_NS" create token default --duration=10m)" ]] || die "smoke: no service-account token"
 
     # CRD with a CEL rule: the API server itself rejects an invalid object.
     kc apply -f - >/dev/null <<'EOF'
@@ -597,6 +656,8 @@ EOF
         die "smoke: namespace $SMOKE_NS and its $pods pods not removed within 90s"
     fi
     log "smoke: namespace deleted, its $pods pods removed ($(elapsed_since "$SMOKE_T0")s)"
+    wait_for -t 60 -i 0.5 _pv_gone "$pv" || die "smoke: PersistentVolume $pv (reclaimPolicy Delete) not deleted"
+    log "smoke: PersistentVolume $pv of the deleted claim removed ($(elapsed_since "$SMOKE_T0")s)"
     # Garbage collection of owner references without a namespace delete.
     SMOKE_NS="$SMOKE_NS-gc"
     kc create namespace "$SMOKE_NS" >/dev/null
@@ -612,6 +673,8 @@ EOF
 # shellcheck disable=SC2317  # called through wait_up/wait_for
 _namespace_gone() { ! kc get namespace "$1" >/dev/null 2>&1; }
 # shellcheck disable=SC2317  # called through wait_up/wait_for
+_pv_gone() { ! kc get pv "$1" >/dev/null 2>&1; }
+# shellcheck disable=SC2317  # called through wait_for
 _no_pods() { [[ -z "$(kc -n "$1" get pods,replicasets -o name 2>/dev/null)" ]]; }
 
 main() {

@@ -17,6 +17,8 @@ use sha2::{Digest, Sha256};
 use crate::crd::{DataMode, PayFlow};
 
 pub use components::{Component, COMPONENTS};
+pub use data::{managed_urls, management_url};
+pub use schedule::migration_job_name;
 
 /// Field manager of everything the reconciler applies.
 pub const MANAGER: &str = "payflow-operator";

@@ -71,3 +71,21 @@ pub async fn settlement(pool: &PgPool, ids: &[Uuid], window_end: DateTime<Utc>) 
     .await?;
     Ok(Settlement { completed_in_window: r.0, completed: r.1, failed: r.2, open: r.3, found: r.4, p50: r.5, p99: r.6 })
 }
+
+/// Cumulative database counters: commits (read-only ones too), WAL flushes, WAL bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    pub commits: i64,
+    pub wal_syncs: i64,
+    pub wal_bytes: f64,
+}
+
+pub async fn counters(pool: &PgPool) -> anyhow::Result<Counters> {
+    let (commits, wal_syncs, wal_bytes): (i64, i64, f64) = sqlx::query_as(
+        "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()), \
+                wal_sync, wal_bytes::float8 FROM pg_stat_wal",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Counters { commits, wal_syncs, wal_bytes })
+}

@@ -175,6 +175,7 @@ async fn run_level(
     let load_end = Instant::now() + duration;
     let sampler = tokio::spawn(probe::sample(pool.clone(), client.clone(), management, load_end, stop_rx));
 
+    let counters_before = db::counters(pool).await?;
     let cpu_before = probe::cpu();
     let load = load::closed_loop(client, &cli.gateway, users, &cli.amount, concurrency, duration).await?;
     let cpu = probe::cpu_usage(&cpu_before, &probe::cpu());
@@ -198,7 +199,14 @@ async fn run_level(
     let samples = sampler.await?;
     let after = probe::scrape(client, &cli.metrics_urls).await;
     let settlement = db::settlement(pool, &load.ids, window_end).await?;
+    let counters_after = db::counters(pool).await?;
+    let db_delta = db::Counters {
+        commits: counters_after.commits - counters_before.commits,
+        wal_syncs: counters_after.wal_syncs - counters_before.wal_syncs,
+        wal_bytes: counters_after.wal_bytes - counters_before.wal_bytes,
+    };
     Ok(report::Level {
+        db: db_delta,
         concurrency,
         settlement,
         backlog_at_end,

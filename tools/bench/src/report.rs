@@ -23,6 +23,8 @@ pub struct Level {
     pub http: Vec<(String, f64, f64)>,
     /// Cores used by process name during the load, and idle cores.
     pub cpu: (Vec<(String, f64)>, f64),
+    /// Database counters over the level (load and drain).
+    pub db: crate::db::Counters,
 }
 
 impl Level {
@@ -106,9 +108,9 @@ pub fn main_table(levels: &[Level], drain_limit: f64) -> String {
 pub fn diagnostics_table(levels: &[Level]) -> String {
     let mut out = String::new();
     out.push_str(
-        "| conc | worker batch (mean) | outbox unpublished (max) | oldest unpublished (max s) | queue ready / unacked (max) | Postgres sessions, avg non-idle |\n",
+        "| conc | commits / transfer | WAL flushes / transfer | WAL KB / transfer | worker batch (mean) | outbox unpublished (max) | oldest unpublished (max s) | queue ready / unacked (max) | Postgres sessions, avg non-idle |\n",
     );
-    out.push_str("|---:|---:|---:|---:|---|---|\n");
+    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
     for l in levels {
         let s = &l.samples;
         let queue = match (s.queue_ready_max, s.queue_unacked_max) {
@@ -118,8 +120,11 @@ pub fn diagnostics_table(levels: &[Level]) -> String {
         let sessions = s.top_sessions(4).iter().map(|(k, v)| format!("{k} {v:.1}")).collect::<Vec<_>>().join(", ");
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.1} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {} |",
             l.concurrency,
+            per_transfer(l, l.db.commits as f64, 1),
+            per_transfer(l, l.db.wal_syncs as f64, 2),
+            per_transfer(l, l.db.wal_bytes / 1024.0, 1),
             l.worker_batch_mean.map_or("–".into(), |b| format!("{b:.1}")),
             s.outbox_unpublished_max,
             s.outbox_age_max,
@@ -128,6 +133,14 @@ pub fn diagnostics_table(levels: &[Level]) -> String {
         );
     }
     out
+}
+
+fn per_transfer(l: &Level, v: f64, digits: usize) -> String {
+    let n = l.load.accepted();
+    if n == 0 {
+        return "–".into();
+    }
+    format!("{:.*}", digits, v / n as f64)
 }
 
 pub fn cpu_lines(levels: &[Level]) -> String {

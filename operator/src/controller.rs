@@ -1,0 +1,333 @@
+//! The reconciler: PayFlow in, children applied with server-side apply under
+//! one field manager, status out. Shape after kube-rs/controller-rs:
+//! a `Context`, `reconcile`, `error_policy`, metrics.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::crd::{ComponentStatus, DataMode, DeletionPolicy, PayFlow, PayFlowStatus, ReversalStatus};
+use crate::credentials;
+use crate::desired::{self, Child, Inputs, Names, COMPONENTS, INSTANCE_LABEL, MANAGER};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::status::{merge_conditions, Wanted};
+
+pub const FINALIZER: &str = "payflow.io/cleanup";
+
+/// Requeue of a settled PayFlow: the watches on children bring any change sooner.
+pub const IDLE_REQUEUE: Duration = Duration::from_secs(300);
+const PROGRESS_REQUEUE: Duration = Duration::from_secs(15);
+
+/// What was last applied per child: the desired content's hash and the
+/// resourceVersion the apiserver answered. Same both → nothing to write.
+type Applied = HashMap<(String, String, String), (String, String)>;
+
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    applied: Mutex<Applied>,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<PayFlow>, u32>>,
+    /// Worker status reported by the scaler, per PayFlow.
+    pub worker_status: Arc<Mutex<HashMap<ObjectRef<PayFlow>, crate::crd::WorkerStatus>>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("HOSTNAME").ok() };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            applied: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            worker_status: Arc::default(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs the controller until the process is told to stop.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let payflows: Api<PayFlow> = Api::all(client.clone());
+    let cfg = watcher::Config::default();
+    let children = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    Controller::new(payflows, cfg)
+        .owns(Api::<Deployment>::all(client.clone()), children.clone())
+        .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
+        .owns(Api::<Service>::all(client.clone()), children.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
+        .owns(Api::<Job>::all(client.clone()), children.clone())
+        .owns(Api::<CronJob>::all(client.clone()), children)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+pub async fn reconcile(pf: Arc<PayFlow>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started();
+    let ns = pf.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<PayFlow> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, pf.clone(), |event| async {
+        match event {
+            Finalizer::Apply(pf) => apply(&pf, &ctx).await,
+            Finalizer::Cleanup(pf) => cleanup(&pf, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        lock(&ctx.failures).remove(&ObjectRef::from_obj(pf.as_ref()));
+    }
+    result
+}
+
+/// Exponential backoff per object: 5 s, 10 s, 20 s ... up to 5 min; reset on success.
+pub fn error_policy(pf: Arc<PayFlow>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error);
+    let key = ObjectRef::from_obj(pf.as_ref());
+    let mut failures = lock(&ctx.failures);
+    let n = failures.entry(key).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = Duration::from_secs(5u64.saturating_mul(1 << (*n - 1).min(6))).min(Duration::from_secs(300));
+    tracing::warn!(payflow = %pf.name_any(), error = %error, retry_in_s = delay.as_secs(), "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn publish(ctx: &Context, pf: &PayFlow, type_: EventType, reason: &str, note: String) {
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &pf.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not publish an event");
+    }
+}
+
+async fn apply(pf: &PayFlow, ctx: &Context) -> Result<Action> {
+    let ns = pf.namespace().unwrap_or_else(|| "default".into());
+    let name = pf.name_any();
+    let names = Names { instance: &name };
+    if pf.spec.suspend {
+        // Suspended: no writes but the status saying so.
+        let status = paused_status(pf);
+        write_status(pf, ctx, status).await?;
+        return Ok(Action::requeue(IDLE_REQUEUE));
+    }
+
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let (credentials, created) = credentials::ensure(&secrets, pf).await?;
+    if created {
+        publish(ctx, pf, EventType::Normal, "SecretsGenerated", format!("Generated {}", names.credentials())).await;
+    }
+    let mut external = BTreeMap::new();
+    for secret in [&pf.spec.postgres, &pf.spec.redis, &pf.spec.rabbitmq]
+        .into_iter()
+        .filter(|d| d.mode == DataMode::External)
+        .filter_map(|d| d.secret_ref.clone())
+    {
+        if let Some(s) = secrets.get_opt(&secret).await? {
+            external.insert(secret, credentials::decode(&s));
+        }
+    }
+
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let job_name = desired::migration_job_name(pf, &names);
+    let migration = jobs.get_opt(&job_name).await?;
+    let migrated = migration.as_ref().and_then(|j| j.status.as_ref()).and_then(|s| s.succeeded).unwrap_or(0) > 0;
+    let inputs = Inputs { credentials, external, migrated };
+
+    let wanted = desired::children(pf, &inputs);
+    let mut wrote = 0usize;
+    for child in &wanted {
+        if apply_child(ctx, &ns, child).await? {
+            wrote += 1;
+        }
+    }
+    if migration.is_none() {
+        publish(ctx, pf, EventType::Normal, "Migrating", format!("Started {job_name} for version {}", pf.spec.version))
+            .await;
+    }
+    if wrote > 0 {
+        tracing::info!(payflow = %name, applied = wrote, "children applied");
+    }
+    prune(ctx, &ns, &name, &wanted).await?;
+
+    let status = observed_status(pf, ctx, &ns, &names, migrated).await?;
+    let ready = status.phase == "Ready";
+    write_status(pf, ctx, status).await?;
+    Ok(Action::requeue(if ready { IDLE_REQUEUE } else { PROGRESS_REQUEUE }))
+}
+
+fn content_hash(child: &Child) -> String {
+    desired::config_hash([("object", child.object.to_string().as_str())])
+}
+
+/// Server-side apply of one child, skipped when neither the desired content
+/// nor the live object changed since the last apply. Returns whether it wrote.
+async fn apply_child(ctx: &Context, ns: &str, child: &Child) -> Result<bool> {
+    let ar = child.api_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+    let key = (ns.to_string(), child.kind.to_string(), child.name.clone());
+    let hash = content_hash(child);
+    let previous = lock(&ctx.applied).get(&key).cloned();
+    if let Some((applied_hash, applied_rv)) = previous {
+        if applied_hash == hash {
+            let live = api.get_metadata_opt(&child.name).await?;
+            if live.and_then(|l| l.metadata.resource_version) == Some(applied_rv) {
+                return Ok(false);
+            }
+        }
+    }
+    let params = PatchParams::apply(MANAGER).force();
+    let result = api.patch(&child.name, &params, &Patch::Apply(&child.object)).await?;
+    ctx.metrics.applied(child.kind);
+    lock(&ctx.applied).insert(key, (hash, result.metadata.resource_version.unwrap_or_default()));
+    Ok(true)
+}
+
+/// Kinds that come and go with the spec; anything else stays until the PayFlow goes.
+const PRUNABLE: &[(&str, &str)] = &[("networking.k8s.io/v1", "Ingress"), ("policy/v1", "PodDisruptionBudget")];
+
+async fn prune(ctx: &Context, ns: &str, instance: &str, wanted: &[Child]) -> Result<()> {
+    for (api_version, kind) in PRUNABLE {
+        let probe = Child { api_version, kind, name: String::new(), object: json!({}) };
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &probe.api_resource());
+        let lp = ListParams::default()
+            .labels(&format!("{INSTANCE_LABEL}={instance},app.kubernetes.io/managed-by={MANAGER}"));
+        for live in api.list_metadata(&lp).await? {
+            let name = live.name_any();
+            if !wanted.iter().any(|w| w.kind == *kind && w.name == name) {
+                api.delete(&name, &DeleteParams::default()).await?;
+                lock(&ctx.applied).remove(&(ns.to_string(), kind.to_string(), name));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn paused_status(pf: &PayFlow) -> PayFlowStatus {
+    let old = pf.status.clone().unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let conditions = merge_conditions(
+        &old.conditions,
+        &[Wanted { kind: "Paused", status: true, reason: "Suspended", message: "spec.suspend is true".into() }],
+        pf.metadata.generation,
+        now,
+    );
+    let mut merged = old.conditions.clone();
+    merged.retain(|c| c.type_ != "Paused");
+    merged.extend(conditions);
+    PayFlowStatus { observed_generation: pf.metadata.generation, phase: "Paused".into(), conditions: merged, ..old }
+}
+
+async fn observed_status(
+    pf: &PayFlow,
+    ctx: &Context,
+    ns: &str,
+    names: &Names<'_>,
+    migrated: bool,
+) -> Result<PayFlowStatus> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let mut components = BTreeMap::new();
+    let mut all_ready = migrated;
+    for c in COMPONENTS.iter() {
+        let d = deployments.get_opt(&names.of(c.name)).await?;
+        let desired = d.as_ref().and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(0);
+        let st = d.as_ref().and_then(|d| d.status.as_ref());
+        let ready = st.and_then(|s| s.ready_replicas).unwrap_or(0);
+        let updated = st.and_then(|s| s.updated_replicas).unwrap_or(0);
+        let observed = st.and_then(|s| s.observed_generation) == d.as_ref().and_then(|d| d.metadata.generation);
+        if d.is_none() || !observed || ready < desired || updated < desired {
+            all_ready = false;
+        }
+        components.insert(c.name.to_string(), ComponentStatus { ready, desired });
+    }
+    let cronjobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), ns);
+    let reversal = cronjobs.get_opt(&names.of("reversal")).await?.and_then(|c| c.status).map(|s| ReversalStatus {
+        last_schedule_time: s.last_schedule_time.map(|t| t.0.to_string()),
+        last_successful_time: s.last_successful_time.map(|t| t.0.to_string()),
+    });
+    let worker = { lock(&ctx.worker_status).get(&ObjectRef::from_obj(pf)).cloned() };
+    let old = pf.status.clone().unwrap_or_default();
+    let (phase, reason, message) = if all_ready {
+        ("Ready", "AllComponentsReady", "Every component is ready".to_string())
+    } else if !migrated {
+        ("Progressing", "Migrating", format!("Waiting for the migration of version {}", pf.spec.version))
+    } else {
+        let waiting: Vec<String> =
+            components.iter().filter(|(_, s)| s.ready < s.desired || s.desired == 0).map(|(n, _)| n.clone()).collect();
+        ("Progressing", "RollingOut", format!("Waiting for {}", waiting.join(", ")))
+    };
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let conditions = merge_conditions(
+        &old.conditions,
+        &[
+            Wanted { kind: "Ready", status: all_ready, reason, message: message.clone() },
+            Wanted { kind: "Progressing", status: !all_ready, reason, message },
+            Wanted { kind: "Degraded", status: false, reason: "NoErrors", message: String::new() },
+            Wanted { kind: "Paused", status: false, reason: "Running", message: String::new() },
+        ],
+        pf.metadata.generation,
+        now,
+    );
+    Ok(PayFlowStatus {
+        observed_generation: pf.metadata.generation,
+        phase: phase.into(),
+        conditions,
+        components,
+        worker: worker.or(old.worker),
+        reversal,
+    })
+}
+
+/// Writes the status only when it differs: an unchanged PayFlow costs no write.
+async fn write_status(pf: &PayFlow, ctx: &Context, status: PayFlowStatus) -> Result<()> {
+    if !crate::status::differs(pf.status.as_ref(), &status) {
+        return Ok(());
+    }
+    let api: Api<PayFlow> = Api::namespaced(ctx.client.clone(), &pf.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": PayFlow::api_version(&()), "kind": PayFlow::kind(&()), "status": status});
+    api.patch_status(&pf.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+    ctx.metrics.status_written();
+    Ok(())
+}
+
+/// The finalizer: children go with their owner reference; the volumes of
+/// managed data services (PVCs are not owned) follow `deletionPolicy`.
+async fn cleanup(pf: &PayFlow, ctx: &Context) -> Result<Action> {
+    let ns = pf.namespace().unwrap_or_default();
+    let name = pf.name_any();
+    if pf.spec.deletion_policy == DeletionPolicy::Delete {
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        let lp = ListParams::default().labels(&format!("{INSTANCE_LABEL}={name}"));
+        for pvc in pvcs.list_metadata(&lp).await? {
+            pvcs.delete(&pvc.name_any(), &DeleteParams::default()).await?;
+        }
+        publish(ctx, pf, EventType::Normal, "VolumesDeleted", "deletionPolicy Delete: volumes removed".into()).await;
+    }
+    lock(&ctx.applied).retain(|(n, _, child), _| !(n == &ns && child.starts_with(&format!("{name}-"))));
+    Ok(Action::await_change())
+}

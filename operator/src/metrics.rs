@@ -1,0 +1,65 @@
+//! Operator metrics: reconciles, failures, durations, applies, status writes.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+
+pub struct Metrics {
+    pub registry: Registry,
+    reconciles: IntCounter,
+    failures: IntCounterVec,
+    duration: Histogram,
+    applies: IntCounterVec,
+    status_writes: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        let m = Self {
+            reconciles: IntCounter::new("payflow_operator_reconciles_total", "Reconciles started")?,
+            failures: IntCounterVec::new(
+                Opts::new("payflow_operator_reconcile_errors_total", "Reconciles that failed, by error kind"),
+                &["error"],
+            )?,
+            duration: Histogram::with_opts(
+                HistogramOpts::new("payflow_operator_reconcile_duration_seconds", "Reconcile duration")
+                    .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            )?,
+            applies: IntCounterVec::new(
+                Opts::new("payflow_operator_applies_total", "Server-side applies of children, by kind"),
+                &["kind"],
+            )?,
+            status_writes: IntCounter::new("payflow_operator_status_writes_total", "Status updates written")?,
+            registry,
+        };
+        m.registry.register(Box::new(m.reconciles.clone()))?;
+        m.registry.register(Box::new(m.failures.clone()))?;
+        m.registry.register(Box::new(m.duration.clone()))?;
+        m.registry.register(Box::new(m.applies.clone()))?;
+        m.registry.register(Box::new(m.status_writes.clone()))?;
+        Ok(m)
+    }
+
+    /// Counts a reconcile and times it until the guard drops.
+    pub fn reconcile_started(&self) -> prometheus::HistogramTimer {
+        self.reconciles.inc();
+        self.duration.start_timer()
+    }
+
+    pub fn reconcile_failed(&self, e: &crate::error::Error) {
+        self.failures.with_label_values(&[e.metric_label()]).inc();
+    }
+
+    pub fn applied(&self, kind: &str) {
+        self.applies.with_label_values(&[kind]).inc();
+    }
+
+    pub fn status_written(&self) {
+        self.status_writes.inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
