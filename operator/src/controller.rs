@@ -270,7 +270,9 @@ async fn observed_status(
         last_schedule_time: s.last_schedule_time.map(|t| t.0.to_string()),
         last_successful_time: s.last_successful_time.map(|t| t.0.to_string()),
     });
-    let worker = { lock(&ctx.worker_status).get(&ObjectRef::from_obj(pf)).cloned() };
+    // The scaler writes status.worker itself; keep what is there.
+    let worker = old_worker(pf);
+    let fallback = worker.as_ref().is_some_and(|w| w.fallback);
     let old = pf.status.clone().unwrap_or_default();
     let (phase, reason, message) = if all_ready {
         ("Ready", "AllComponentsReady", "Every component is ready".to_string())
@@ -288,6 +290,12 @@ async fn observed_status(
             Wanted { kind: "Ready", status: all_ready, reason, message: message.clone() },
             Wanted { kind: "Progressing", status: !all_ready, reason, message },
             Wanted { kind: "Degraded", status: false, reason: "NoErrors", message: String::new() },
+            Wanted {
+                kind: "Fallback",
+                status: fallback,
+                reason: if fallback { "QueueDepthUnavailable" } else { "QueueDepthRead" },
+                message: String::new(),
+            },
             Wanted { kind: "Paused", status: false, reason: "Running", message: String::new() },
         ],
         pf.metadata.generation,
@@ -298,9 +306,13 @@ async fn observed_status(
         phase: phase.into(),
         conditions,
         components,
-        worker: worker.or(old.worker),
+        worker,
         reversal,
     })
+}
+
+fn old_worker(pf: &PayFlow) -> Option<crate::crd::WorkerStatus> {
+    pf.status.as_ref().and_then(|s| s.worker.clone())
 }
 
 /// Writes the status only when it differs: an unchanged PayFlow costs no write.
@@ -309,7 +321,12 @@ async fn write_status(pf: &PayFlow, ctx: &Context, status: PayFlowStatus) -> Res
         return Ok(());
     }
     let api: Api<PayFlow> = Api::namespaced(ctx.client.clone(), &pf.namespace().unwrap_or_default());
-    let patch = json!({"apiVersion": PayFlow::api_version(&()), "kind": PayFlow::kind(&()), "status": status});
+    let mut body = serde_json::to_value(&status)?;
+    // `status.worker` belongs to the scaler's field manager.
+    if let Some(o) = body.as_object_mut() {
+        o.remove("worker");
+    }
+    let patch = json!({"apiVersion": PayFlow::api_version(&()), "kind": PayFlow::kind(&()), "status": body});
     api.patch_status(&pf.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
     ctx.metrics.status_written();
     Ok(())

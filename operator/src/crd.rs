@@ -274,6 +274,9 @@ pub struct WorkerStatus {
     pub desired_replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<String>,
+    /// The depth could not be read repeatedly; running the fallback count.
+    #[serde(default)]
+    pub fallback: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]

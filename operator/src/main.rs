@@ -63,7 +63,9 @@ async fn run(metrics_addr: SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(metrics_addr).await?;
     tracing::info!(%metrics_addr, "operator metrics listening");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let scaler = tokio::spawn(payflow_operator::scaler::runner::run(ctx.clone()));
     controller::run(ctx).await;
+    scaler.abort();
     server.abort();
     Ok(())
 }

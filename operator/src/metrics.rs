@@ -9,6 +9,10 @@ pub struct Metrics {
     duration: Histogram,
     applies: IntCounterVec,
     status_writes: IntCounter,
+    queue_depth: prometheus::IntGaugeVec,
+    desired_workers: prometheus::IntGaugeVec,
+    fallback: prometheus::IntGaugeVec,
+    decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -29,6 +33,22 @@ impl Metrics {
                 &["kind"],
             )?,
             status_writes: IntCounter::new("payflow_operator_status_writes_total", "Status updates written")?,
+            queue_depth: prometheus::IntGaugeVec::new(
+                Opts::new("payflow_operator_scaler_queue_depth", "Ready plus unacknowledged settle messages"),
+                &["payflow"],
+            )?,
+            desired_workers: prometheus::IntGaugeVec::new(
+                Opts::new("payflow_operator_scaler_desired_replicas", "Worker replicas the scaler decided"),
+                &["payflow"],
+            )?,
+            fallback: prometheus::IntGaugeVec::new(
+                Opts::new("payflow_operator_scaler_fallback", "1 while the scaler runs the fallback count"),
+                &["payflow"],
+            )?,
+            decisions: IntCounterVec::new(
+                Opts::new("payflow_operator_scaler_decisions_total", "Scaler decisions by reason"),
+                &["payflow", "reason"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.reconciles.clone()))?;
@@ -36,6 +56,10 @@ impl Metrics {
         m.registry.register(Box::new(m.duration.clone()))?;
         m.registry.register(Box::new(m.applies.clone()))?;
         m.registry.register(Box::new(m.status_writes.clone()))?;
+        m.registry.register(Box::new(m.queue_depth.clone()))?;
+        m.registry.register(Box::new(m.desired_workers.clone()))?;
+        m.registry.register(Box::new(m.fallback.clone()))?;
+        m.registry.register(Box::new(m.decisions.clone()))?;
         Ok(m)
     }
 
@@ -55,6 +79,15 @@ impl Metrics {
 
     pub fn status_written(&self) {
         self.status_writes.inc();
+    }
+
+    pub fn scaler_decision(&self, payflow: &str, depth: Option<u64>, desired: u32, reason: &str, fallback: bool) {
+        if let Some(d) = depth {
+            self.queue_depth.with_label_values(&[payflow]).set(d as i64);
+        }
+        self.desired_workers.with_label_values(&[payflow]).set(i64::from(desired));
+        self.fallback.with_label_values(&[payflow]).set(i64::from(fallback));
+        self.decisions.with_label_values(&[payflow, reason]).inc();
     }
 
     pub fn render(&self) -> String {
