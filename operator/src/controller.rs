@@ -39,6 +39,8 @@ type Applied = HashMap<(String, String, String), (String, String)>;
 
 pub struct Context {
     pub client: Client,
+    /// Watch only this namespace (a namespaced install, and tests); all when `None`.
+    pub namespace: Option<String>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     applied: Mutex<Applied>,
@@ -49,11 +51,27 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+    /// An `Api` over the watched namespace (or all of them).
+    pub fn watched<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+
+    pub fn new(client: Client, metrics: Arc<Metrics>, namespace: Option<String>) -> Self {
         let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("HOSTNAME").ok() };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            namespace,
             metrics,
             applied: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
@@ -68,17 +86,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Runs the controller until the process is told to stop.
 pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let payflows: Api<PayFlow> = Api::all(client.clone());
+    let payflows: Api<PayFlow> = ctx.watched();
     let cfg = watcher::Config::default();
     let children = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     Controller::new(payflows, cfg)
-        .owns(Api::<Deployment>::all(client.clone()), children.clone())
-        .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
-        .owns(Api::<Service>::all(client.clone()), children.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
-        .owns(Api::<Job>::all(client.clone()), children.clone())
-        .owns(Api::<CronJob>::all(client.clone()), children)
+        .owns(ctx.watched::<Deployment>(), children.clone())
+        .owns(ctx.watched::<StatefulSet>(), children.clone())
+        .owns(ctx.watched::<Service>(), children.clone())
+        .owns(ctx.watched::<ConfigMap>(), children.clone())
+        .owns(ctx.watched::<Job>(), children.clone())
+        .owns(ctx.watched::<CronJob>(), children)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -152,6 +152,10 @@ pub struct AutoscalingSpec {
     #[serde(default = "default_cooldown")]
     #[schemars(range(min = 0))]
     pub cooldown_seconds: i32,
+    /// Seconds a scale-down waits for the highest recommendation to age out (HPA default 300).
+    #[serde(default = "default_stabilization")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: i32,
     /// Replicas to run after repeated failures to read the queue depth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_replicas: Option<i32>,
@@ -170,6 +174,9 @@ fn default_polling() -> i32 {
     15
 }
 fn default_cooldown() -> i32 {
+    300
+}
+fn default_stabilization() -> i32 {
     300
 }
 

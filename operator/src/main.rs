@@ -23,6 +23,9 @@ enum Command {
         /// Address of /metrics, /healthz and /readyz.
         #[arg(long, env = "PAYFLOW_OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
         metrics_addr: SocketAddr,
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(long, env = "PAYFLOW_OPERATOR_NAMESPACE")]
+        namespace: Option<String>,
     },
     /// Prints the PayFlow CustomResourceDefinition as YAML.
     Crd,
@@ -32,10 +35,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd => payflow_operator::crd::crd_yaml().map(|yaml| print!("{yaml}")),
-        Command::Run { metrics_addr } => {
+        Command::Run { metrics_addr, namespace } => {
             payflow_common::telemetry::init();
             match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt.block_on(run(metrics_addr)),
+                Ok(rt) => rt.block_on(run(metrics_addr, namespace)),
                 Err(e) => Err(e.into()),
             }
         }
@@ -49,10 +52,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(metrics_addr: SocketAddr) -> anyhow::Result<()> {
+async fn run(metrics_addr: SocketAddr, namespace: Option<String>) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await?;
     let metrics = Arc::new(Metrics::new()?);
-    let ctx = Arc::new(Context::new(client, metrics.clone()));
+    let ctx = Arc::new(Context::new(client, metrics.clone(), namespace));
     let app = Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(|| async { "ok" })).route(
         "/metrics",
         get(move || {

@@ -36,6 +36,7 @@ fn config_of(a: &AutoscalingSpec) -> Config {
         target_per_replica: a.target_per_replica.max(1) as u64,
         activation_threshold: a.activation_threshold.max(0) as u64,
         cooldown_period: Duration::from_secs(a.cooldown_seconds.max(0) as u64),
+        scale_down_stabilization: Duration::from_secs(a.scale_down_stabilization_seconds.max(0) as u64),
         fallback_replicas: a.fallback_replicas.map(|f| f.max(0) as u32),
         ..Config::default()
     }
@@ -78,7 +79,7 @@ pub async fn run(ctx: Arc<Context>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let payflows: Api<PayFlow> = Api::all(ctx.client.clone());
+        let payflows: Api<PayFlow> = ctx.watched();
         let list = match payflows.list(&Default::default()).await {
             Ok(l) => l,
             Err(e) => {

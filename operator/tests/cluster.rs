@@ -1,0 +1,366 @@
+//! Against a real control plane (scripts/testcluster.sh: etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kwok). Ignored by plain
+//! `cargo test`; scripts/test.sh starts the cluster and runs them with
+//! `--ignored`. Each test has its own namespace and its own operator process
+//! watching only that namespace.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, CustomResourceExt};
+use payflow_operator::crd::PayFlow;
+use serde_json::{json, Value};
+
+async fn client() -> Client {
+    let path = std::env::var("PAYFLOW_TEST_KUBECONFIG")
+        .expect("PAYFLOW_TEST_KUBECONFIG is not set: run with scripts/test.sh (it starts the test cluster)");
+    let kubeconfig = Kubeconfig::read_from(path).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("config");
+    Client::try_from(config).expect("client")
+}
+
+async fn wait_for<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch("payflows.payflow.io", &PatchParams::apply("payflow-tests").force(), &Patch::Apply(PayFlow::crd()))
+        .await
+        .expect("apply crd");
+    wait_for("the CRD to be established", Duration::from_secs(30), || {
+        let crds = crds.clone();
+        async move {
+            crds.get("payflows.payflow.io")
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+        }
+    })
+    .await;
+}
+
+async fn namespace(client: &Client, prefix: &str) -> String {
+    let name = format!("{prefix}-{}", &uuid_like());
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).expect("ns");
+    api.create(&PostParams::default(), &ns).await.expect("create namespace");
+    name
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:x}", nanos % 0xffff_ffff)
+}
+
+/// The operator as a process, watching one namespace; killed on drop.
+struct Operator {
+    child: tokio::process::Child,
+    pub metrics: String,
+}
+
+impl Operator {
+    async fn start(ns: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_payflow-operator"))
+            .args(["run", "--namespace", ns, "--metrics-addr", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", std::env::var("PAYFLOW_TEST_KUBECONFIG").unwrap_or_default())
+            .env("PAYFLOW_LOG", "warn")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the operator");
+        Operator { child, metrics: format!("http://127.0.0.1:{port}/metrics") }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(&self.metrics).await.ok();
+        let text = match text {
+            Some(r) => r.text().await.unwrap_or_default(),
+            None => String::new(),
+        };
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    }
+}
+
+fn payflow(name: &str, spec: Value) -> PayFlow {
+    serde_json::from_value(
+        json!({"apiVersion": "payflow.io/v1alpha1", "kind": "PayFlow", "metadata": {"name": name}, "spec": spec}),
+    )
+    .expect("payflow")
+}
+
+async fn phase(api: &Api<PayFlow>, name: &str) -> String {
+    api.get(name).await.ok().and_then(|p| p.status).map(|s| s.phase).unwrap_or_default()
+}
+
+async fn generations(client: &Client, ns: &str) -> BTreeMap<String, i64> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .map(|d| (d.metadata.name.unwrap_or_default(), d.metadata.generation.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster; scripts/test.sh runs it"]
+async fn the_crd_installs_and_rejects_invalid_specs() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = namespace(&client, "crd").await;
+    let api: Api<PayFlow> = Api::namespaced(client.clone(), &ns);
+    let invalid = [
+        json!({"version": "0.1.0", "worker": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}}),
+        json!({"version": "0.1.0", "postgres": {"mode": "external"}}),
+        json!({"version": "0.1.0", "reversal": {"schedule": "every minute"}}),
+        json!({"version": "not a tag!"}),
+    ];
+    for (i, spec) in invalid.iter().enumerate() {
+        let err = api.create(&PostParams::default(), &payflow(&format!("bad-{i}"), spec.clone())).await;
+        assert!(matches!(err, Err(kube::Error::Api(ref e)) if e.code == 422), "{spec} must be refused: {err:?}");
+    }
+    let ok = api.create(&PostParams::default(), &payflow("good", json!({"version": "0.1.0"}))).await;
+    assert!(ok.is_ok(), "{ok:?}");
+    // storageClass cannot change once set.
+    let sc = payflow("sc", json!({"version": "0.1.0", "postgres": {"storageClass": "a"}}));
+    api.create(&PostParams::default(), &sc).await.expect("create");
+    let change = json!({"spec": {"postgres": {"storageClass": "b"}}});
+    let err = api.patch("sc", &PatchParams::default(), &Patch::Merge(&change)).await;
+    assert!(matches!(err, Err(kube::Error::Api(ref e)) if e.code == 422), "{err:?}");
+    let _ = Api::<Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster; scripts/test.sh runs it"]
+async fn a_payflow_becomes_ready_rolls_only_what_changed_and_survives_an_operator_restart() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = namespace(&client, "ready").await;
+    let operator = Operator::start(&ns).await;
+    let api: Api<PayFlow> = Api::namespaced(client.clone(), &ns);
+    let started = Instant::now();
+    let spec = json!({
+        "version": "0.1.0",
+        "gateway": {"replicas": 2},
+        "worker": {"replicas": 2},
+        "postgres": {"storage": "1Gi"},
+        "deletionPolicy": "Delete",
+    });
+    api.create(&PostParams::default(), &payflow("demo", spec)).await.expect("create");
+    wait_for("Ready", Duration::from_secs(180), || {
+        let api = api.clone();
+        async move { phase(&api, "demo").await == "Ready" }
+    })
+    .await;
+    eprintln!("apply → Ready: {:?}", started.elapsed());
+    let pf = api.get("demo").await.expect("get");
+    let status = pf.status.expect("status");
+    assert_eq!(status.observed_generation, pf.metadata.generation);
+    assert!(status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
+    let cj = cronjobs.get("demo-reversal").await.expect("reversal cronjob");
+    assert_eq!(cj.spec.as_ref().and_then(|s| s.concurrency_policy.clone()).as_deref(), Some("Forbid"));
+
+    // A change read by transaction and worker only rolls those two, once.
+    let before = generations(&client, &ns).await;
+    let change = json!({"spec": {"reversal": {"pendingTimeoutSeconds": 90}}});
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(&change)).await.expect("patch");
+    wait_for("the rollout of transaction and worker", Duration::from_secs(60), || {
+        let (client, ns, before) = (client.clone(), ns.clone(), before.clone());
+        async move {
+            let after = generations(&client, &ns).await;
+            after.get("demo-transaction") > before.get("demo-transaction")
+                && after.get("demo-worker") > before.get("demo-worker")
+        }
+    })
+    .await;
+    wait_for("Ready again", Duration::from_secs(120), || {
+        let api = api.clone();
+        async move { phase(&api, "demo").await == "Ready" }
+    })
+    .await;
+    let after = generations(&client, &ns).await;
+    for (name, generation) in &before {
+        let expected = if name == "demo-transaction" || name == "demo-worker" { generation + 1 } else { *generation };
+        assert_eq!(after.get(name), Some(&expected), "{name}: {before:?} → {after:?}");
+    }
+
+    // An operator restart rolls nothing.
+    operator.stop().await;
+    let operator = Operator::start(&ns).await;
+    wait_for("a reconcile by the new operator", Duration::from_secs(60), || {
+        let op = &operator;
+        async move { op.metric("payflow_operator_reconciles_total").await >= 1.0 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(generations(&client, &ns).await, after, "no rollout after a restart");
+
+    // Idle: reconciles come from the requeue interval, not a hot loop.
+    let r0 = operator.metric("payflow_operator_reconciles_total").await;
+    let w0 = operator.metric("payflow_operator_applies_total").await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let r1 = operator.metric("payflow_operator_reconciles_total").await;
+    let w1 = operator.metric("payflow_operator_applies_total").await;
+    eprintln!("idle 20 s: {} reconciles, {} applies", r1 - r0, w1 - w0);
+    assert!(r1 - r0 <= 2.0, "idle reconciles: {}", r1 - r0);
+    assert_eq!(w1 - w0, 0.0, "idle applies");
+
+    // Suspend: Paused, and the operator stops writing.
+    let suspend = json!({"spec": {"suspend": true}});
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(&suspend)).await.expect("suspend");
+    wait_for("Paused", Duration::from_secs(30), || {
+        let api = api.clone();
+        async move { phase(&api, "demo").await == "Paused" }
+    })
+    .await;
+
+    // Delete with deletionPolicy Delete: the volumes go too.
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    api.delete("demo", &DeleteParams::default()).await.expect("delete");
+    wait_for("the PayFlow and its volumes to go", Duration::from_secs(60), || {
+        let (api, pvcs) = (api.clone(), pvcs.clone());
+        async move {
+            api.get_opt("demo").await.ok().flatten().is_none()
+                && pvcs.list(&ListParams::default()).await.map(|l| l.items.is_empty()).unwrap_or(false)
+        }
+    })
+    .await;
+    operator.stop().await;
+    let _ = Api::<Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster; scripts/test.sh runs it"]
+async fn the_reversal_cronjob_runs_jobs_to_completion_and_retain_keeps_volumes() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = namespace(&client, "cron").await;
+    let operator = Operator::start(&ns).await;
+    let api: Api<PayFlow> = Api::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &payflow("demo", json!({"version": "0.1.0"}))).await.expect("create");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    wait_for("a completed reversal Job", Duration::from_secs(150), || {
+        let jobs = jobs.clone();
+        async move {
+            jobs.list(&ListParams::default().labels("app.kubernetes.io/component=reversal"))
+                .await
+                .is_ok_and(|l| l.items.iter().any(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0))
+        }
+    })
+    .await;
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    wait_for("volumes", Duration::from_secs(30), || {
+        let pvcs = pvcs.clone();
+        async move { pvcs.list(&ListParams::default()).await.is_ok_and(|l| !l.items.is_empty()) }
+    })
+    .await;
+    api.delete("demo", &DeleteParams::default()).await.expect("delete");
+    wait_for("the PayFlow to go", Duration::from_secs(60), || {
+        let api = api.clone();
+        async move { api.get_opt("demo").await.ok().flatten().is_none() }
+    })
+    .await;
+    assert!(!pvcs.list(&ListParams::default()).await.expect("list").items.is_empty(), "Retain keeps the volumes");
+    operator.stop().await;
+    let _ = Api::<Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
+}
+
+/// RabbitMQ management API of the test stack.
+fn management() -> String {
+    std::env::var("PAYFLOW_TEST_RABBITMQ_MANAGEMENT_URL").expect("PAYFLOW_TEST_RABBITMQ_MANAGEMENT_URL")
+}
+
+async fn mgmt(method: reqwest::Method, path: &str, body: Option<Value>) -> reqwest::StatusCode {
+    let url = reqwest::Url::parse(&management()).expect("url");
+    let base = format!("{}://{}:{}", url.scheme(), url.host_str().unwrap_or("127.0.0.1"), url.port().unwrap_or(15672));
+    let mut req =
+        reqwest::Client::new().request(method, format!("{base}{path}")).basic_auth(url.username(), url.password());
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    req.send().await.expect("management api").status()
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster and the test stack's RabbitMQ; scripts/test.sh runs it"]
+async fn workers_scale_with_a_real_queue() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = namespace(&client, "scale").await;
+    let queue = "payflow.transactions";
+    mgmt(reqwest::Method::PUT, &format!("/api/queues/%2F/{queue}"), Some(json!({"durable": true}))).await;
+    mgmt(reqwest::Method::DELETE, &format!("/api/queues/%2F/{queue}/contents"), None).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "mq"},
+        "stringData": {"url": "amqp://payflow:payflow@127.0.0.1:55682/%2f", "managementUrl": management()},
+    }))
+    .expect("secret");
+    secrets.create(&PostParams::default(), &secret).await.expect("secret");
+    let operator = Operator::start(&ns).await;
+    let api: Api<PayFlow> = Api::namespaced(client.clone(), &ns);
+    let spec = json!({
+        "version": "0.1.0",
+        "rabbitmq": {"mode": "external", "secretRef": "mq"},
+        "worker": {"autoscaling": {"minReplicas": 1, "maxReplicas": 10, "targetPerReplica": 10,
+            "pollingIntervalSeconds": 1, "scaleDownStabilizationSeconds": 5}},
+    });
+    api.create(&PostParams::default(), &payflow("demo", spec)).await.expect("create");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let replicas = |d: Api<Deployment>| async move {
+        d.get_opt("demo-worker").await.ok().flatten().and_then(|d| d.spec).and_then(|s| s.replicas).unwrap_or(-1)
+    };
+    wait_for("the worker Deployment", Duration::from_secs(120), || replicas(deployments.clone()).map_ok(1)).await;
+
+    for i in 0..45 {
+        let body = json!({"properties": {"delivery_mode": 2}, "routing_key": queue, "payload": format!("{i}"), "payload_encoding": "string"});
+        mgmt(reqwest::Method::POST, "/api/exchanges/%2F/amq.default/publish", Some(body)).await;
+    }
+    wait_for("5 workers for 45 messages", Duration::from_secs(60), || replicas(deployments.clone()).map_ok(5)).await;
+    mgmt(reqwest::Method::DELETE, &format!("/api/queues/%2F/{queue}/contents"), None).await;
+    wait_for("back to 1 worker after the window", Duration::from_secs(60), || replicas(deployments.clone()).map_ok(1))
+        .await;
+    let status = api.get("demo").await.expect("get").status.and_then(|s| s.worker).expect("worker status");
+    assert_eq!(status.desired_replicas, 1);
+    operator.stop().await;
+    mgmt(reqwest::Method::DELETE, &format!("/api/queues/%2F/{queue}"), None).await;
+    let _ = Api::<Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
+}
+
+trait MapOk {
+    fn map_ok(self, want: i32) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+}
+
+impl<F: std::future::Future<Output = i32> + Send + 'static> MapOk for F {
+    fn map_ok(self, want: i32) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
+        Box::pin(async move { self.await == want })
+    }
+}
