@@ -126,7 +126,7 @@ PAYFLOW_RATE_LIMIT_IP_PER_MINUTE=0 \
     PAYFLOW_RATE_LIMIT_USER_PER_MINUTE=0 \
     PAYFLOW_RATE_LIMIT_AUTH_PER_MINUTE=0 \
     PAYFLOW_ACCESS_TOKEN_TTL_SECS="${PAYFLOW_ACCESS_TOKEN_TTL_SECS:-3600}" \
-    PAYFLOW_LOG="${PAYFLOW_LOG:-warn}" \
+    PAYFLOW_LOG="${PAYFLOW_LOG:-warn,lapin=off,pinky_swear=off}" \
     setsid "$BIN" dev >>"$APP_LOG" 2>&1 </dev/null 9>&- &
 APP_PID=$!
 
@@ -153,10 +153,14 @@ log "running payflow-bench (levels $LEVELS, ${DURATION}s each, $USERS users); re
     printf 'Command: `scripts/bench.sh'
     if ((${#ORIG_ARGS[@]})); then printf ' %s' "${ORIG_ARGS[@]}"; fi
     printf '` on %s (git %s)\n\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(git describe --always --dirty 2>/dev/null || echo '?')"
-} >"$REPORT"
+} | tee "$REPORT"
 "$BENCH_BIN" --gateway "$GATEWAY" --levels "$LEVELS" --duration "$DURATION" --users "$USERS" \
     --drain-timeout "$DRAIN" --metrics-urls "$METRICS_URLS" | tee -a "$REPORT"
 printf '\nPostgres: %s (PayFlow and pgbench alike).\n' "$pg_settings" | tee -a "$REPORT"
+# Money must still add up after the load: balances sum to zero and match the ledger.
+ledger="$(PAYFLOW_LOG=error "$BIN" ledger-check 2>&1 >/dev/null | tail -n1)" || warn "ledger check failed: $ledger"
+# shellcheck disable=SC2016  # backticks are markdown here
+printf 'Ledger after the run (`payflow ledger-check`): %s\n' "${ledger:-no answer}" | tee -a "$REPORT"
 
 # Nothing else competes with pgbench for the two cores.
 stop_app

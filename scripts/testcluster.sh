@@ -8,7 +8,7 @@
 #   scripts/testcluster.sh build    build (or reuse) the binaries for tools/testcluster/go.sum
 #   scripts/testcluster.sh start    build if needed, start an empty cluster, wait until it is usable
 #   scripts/testcluster.sh smoke    Deployment, Job, CronJob, /scale, CRD with CEL, cascading delete
-#   scripts/testcluster.sh env      print `export KUBECONFIG=...` (eval "$(scripts/testcluster.sh env)")
+#   scripts/testcluster.sh env      print KUBECONFIG, PAYFLOW_TEST_KUBECONFIG, PATH exports: eval "$(scripts/testcluster.sh env)"
 #   scripts/testcluster.sh status   what runs
 #   scripts/testcluster.sh stop     stop everything and delete the cluster state
 #
@@ -413,15 +413,17 @@ allowVolumeExpansion: false'
 stop_components() {
     local c pid group
     for group in "kwok kube-scheduler kube-controller-manager kube-apiserver" etcd; do
-        local stopping=()
+        local stopping=() waiters=()
         for c in $group; do
             pid="$(component_pid "$c" || true)"
             if [[ -n "$pid" ]]; then
                 stop_pid "$pid" 20 &
+                waiters+=($!)
                 stopping+=("$c($pid)")
             fi
         done
-        wait
+        # Only these: after a failed start the components are children too.
+        ((${#waiters[@]} == 0)) || wait "${waiters[@]}"
         ((${#stopping[@]} == 0)) || log "stopped ${stopping[*]}"
         for c in $group; do
             rm -f "$(pidfile "$c")"
@@ -449,6 +451,7 @@ cmd_stop() {
 
 cmd_env() {
     printf 'export KUBECONFIG=%q\n' "$TC_KUBECONFIG"
+    printf 'export PAYFLOW_TEST_KUBECONFIG=%q\n' "$TC_KUBECONFIG"
     # shellcheck disable=SC2016  # $PATH is for the shell that evals this
     printf 'export PATH=%q:"$PATH"\n' "$(tc_bindir)"
 }

@@ -32,7 +32,13 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 pub fn spawn_background(state: &AppState, cfg: &Config, cancel: &CancellationToken) -> anyhow::Result<()> {
     let metrics = relay::RelayMetrics::new(&state.metrics)?;
     if cfg.relay {
-        tokio::spawn(relay::run(state.pool.clone(), cfg.amqp.clone(), metrics.clone(), cancel.clone()));
+        tokio::spawn(relay::run(
+            state.pool.clone(),
+            cfg.amqp.clone(),
+            metrics.clone(),
+            state.relay_wake.clone(),
+            cancel.clone(),
+        ));
     }
     tokio::spawn(relay::housekeeping(state.pool.clone(), metrics, cancel.clone()));
     Ok(())

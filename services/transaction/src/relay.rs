@@ -2,12 +2,15 @@
 //! them published only after the broker's ack. Rows are claimed with
 //! `FOR UPDATE SKIP LOCKED`, so several relays can run; a crash between
 //! publish and mark republishes, and every consumer deduplicates.
+//!
+//! It is woken in-process right after an accept commits, and otherwise polls
+//! every 100 ms. (Postgres NOTIFY was measured to serialise every committing
+//! transaction on a database-wide lock: 2,155 vs 5,476 commits/s here.)
 
 use std::time::Duration;
 
 use payflow_messaging::{connect_with_retry, AmqpArgs, Message, Publisher, Topology};
 use prometheus::{Gauge, IntCounter, IntGauge};
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -44,12 +47,18 @@ impl RelayMetrics {
     }
 }
 
+/// How often the relay looks for work when nobody woke it.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Wakes the relay of this process (after a commit that wrote to the outbox).
+pub type Wake = std::sync::Arc<tokio::sync::Notify>;
+
 /// Runs until `cancel`, reconnecting to RabbitMQ and Postgres as needed.
-pub async fn run(pool: PgPool, amqp: AmqpArgs, metrics: RelayMetrics, cancel: CancellationToken) {
+pub async fn run(pool: PgPool, amqp: AmqpArgs, metrics: RelayMetrics, wake: Wake, cancel: CancellationToken) {
     let topology = amqp.topology();
     while !cancel.is_cancelled() {
         let Some(conn) = connect_with_retry(&amqp.amqp_url, cancel.cancelled()).await else { break };
-        match relay_connected(&pool, &conn, &topology, &metrics, &cancel).await {
+        match relay_connected(&pool, &conn, &topology, &metrics, &wake, &cancel).await {
             Ok(()) => break,
             Err(e) => tracing::warn!(error = %e, "outbox relay interrupted; reconnecting"),
         }
@@ -66,12 +75,11 @@ async fn relay_connected(
     conn: &lapin::Connection,
     topology: &Topology,
     metrics: &RelayMetrics,
+    wake: &Wake,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let publisher = Publisher::new(conn).await?;
     topology.declare(publisher.channel()).await?;
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen("payflow_outbox").await?;
     tracing::info!("outbox relay connected");
     loop {
         let n = publish_batch(pool, &publisher, topology, metrics).await?;
@@ -79,8 +87,8 @@ async fn relay_connected(
             continue;
         }
         tokio::select! {
-            r = listener.recv() => { r?; }
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(POLL) => {}
             _ = cancel.cancelled() => return Ok(()),
         }
     }
@@ -134,6 +142,8 @@ async fn publish_batch(
     publisher.publish_all(&batch).await?;
     crate::fault::point("relay-after-publish");
     let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    // A lost mark only means a republish, which every consumer absorbs.
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
     sqlx::query("UPDATE txn.outbox SET published_at = now() WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
     tx.commit().await?;
     metrics.published.inc_by(ids.len() as u64);

@@ -37,6 +37,8 @@ pub struct AppState {
     pub verifier: JwtVerifier,
     pub wallet: WalletClient,
     pub topology: payflow_messaging::Topology,
+    /// Wakes this process's outbox relay after an accept.
+    pub relay_wake: crate::relay::Wake,
     pub currency: Currency,
     pub max_amount: i64,
     pub metrics: Metrics,
@@ -61,6 +63,7 @@ impl AppState {
             verifier,
             wallet: WalletClient::new(&cfg.wallet)?,
             topology: cfg.amqp.topology(),
+            relay_wake: Default::default(),
             currency,
             max_amount,
             metrics,

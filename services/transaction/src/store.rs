@@ -101,7 +101,6 @@ pub async fn accept(
     if let Some((user, key)) = idempotency {
         complete_idempotency(&mut tx, user, key, 201, response).await?;
     }
-    sqlx::query("SELECT pg_notify('payflow_outbox', '')").execute(&mut *tx).await?;
     tx.commit().await
 }
 
@@ -214,9 +213,6 @@ pub async fn finish_in(
             },
         )
         .await?;
-    }
-    if !changed.is_empty() {
-        sqlx::query("SELECT pg_notify('payflow_outbox', '')").execute(&mut **tx).await?;
     }
     Ok(changed)
 }

@@ -103,6 +103,7 @@ async fn relay_killed_after_publishing_before_marking() {
         s.pool.clone(),
         s.txn_cfg.amqp.clone(),
         payflow_transaction::relay::RelayMetrics::new(&metrics).expect("metrics"),
+        Default::default(),
         cancel.clone(),
     ));
     wait_final(&s, &ids, Duration::from_secs(30)).await;

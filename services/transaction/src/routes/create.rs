@@ -183,6 +183,7 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
         Hold::Held => {
             let body = t.accepted_json();
             store::accept(&s.pool, &s.topology, &t, idem, &body).await?;
+            s.relay_wake.notify_one();
             s.txn_metrics.accepted.inc();
             crate::fault::point("transaction-after-accept");
             Ok(json_response(201, body.to_string(), false))
