@@ -106,7 +106,7 @@ for port in "${PORTS[@]}"; do
 done
 
 # A stack that was up before us (scripts/run.sh --no-wait) is left up.
-if port_open 55432; then
+if port_open 24432; then
     log "the run stack is already up; it stays up afterwards"
 else
     STACK_OURS=1

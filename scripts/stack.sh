@@ -34,17 +34,19 @@ usage() {
 setup_stack() {
     STACK="$1"
     case "$STACK" in
+        # Ports below 32768, outside Linux's range for outgoing connections,
+        # so a client socket can never hold one when a server wants it.
         run)
-            PG_PORT=55432 REDIS_PORT=56379
-            AMQP_PORT=55672 MGMT_PORT=55673
+            PG_PORT=24432 REDIS_PORT=24379
+            AMQP_PORT=24672 MGMT_PORT=24673
             # Erlang distribution + a private epmd, so the node never collides
             # with a system RabbitMQ (25672/4369) or with the other stack.
-            DIST_PORT=55674 EPMD_PORT=55675
+            DIST_PORT=24674 EPMD_PORT=24675
             ;;
         test)
-            PG_PORT=55442 REDIS_PORT=56389
-            AMQP_PORT=55682 MGMT_PORT=55683
-            DIST_PORT=55684 EPMD_PORT=55685
+            PG_PORT=24442 REDIS_PORT=24389
+            AMQP_PORT=24682 MGMT_PORT=24683
+            DIST_PORT=24684 EPMD_PORT=24685
             ;;
         *) usage >&2; die "unknown stack name '$STACK' (expected run or test)" ;;
     esac

@@ -321,7 +321,7 @@ async fn workers_scale_with_a_real_queue() {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "mq"},
-        "stringData": {"url": "amqp://payflow:payflow@127.0.0.1:55682/%2f", "managementUrl": management()},
+        "stringData": {"url": "amqp://payflow:payflow@127.0.0.1:24682/%2f", "managementUrl": management()},
     }))
     .expect("secret");
     secrets.create(&PostParams::default(), &secret).await.expect("secret");
