@@ -18,14 +18,16 @@ if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
 fi
 
 STACK="$PAYFLOW_SCRIPTS/stack.sh"
+CLUSTER="$PAYFLOW_SCRIPTS/testcluster.sh"
 
 ensure_apt_packages "${PAYFLOW_STACK_APT_PACKAGES[@]}"
 ensure_rust_components
 
-# Always tear the test stack down, also on failure or Ctrl-C.
+# Always tear the test stack and cluster down, also on failure or Ctrl-C.
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    "$CLUSTER" stop || warn "stopping the test cluster failed"
     "$STACK" stop test || warn "stopping the test stack failed"
     exit "$rc"
 }
@@ -34,7 +36,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 STEP=0
-TOTAL=5
+TOTAL=7
 # step TITLE CMD...: print a heading, run CMD, report elapsed time; stop the
 # whole run on failure with CMD's exit code.
 step() {
@@ -58,9 +60,13 @@ start_test_stack() {
 
 cd "$PAYFLOW_ROOT"
 step "start test stack" start_test_stack
+# Builds the Kubernetes binaries from the Go module proxy the first time (cached after).
+step "start test cluster (etcd, kube-apiserver, controller-manager, scheduler, kwok)" "$CLUSTER" start
 # Assign first: a failing `stack.sh env` would be masked inside eval "$(...)".
 stack_env="$("$STACK" env test)"
 eval "$stack_env"
+cluster_env="$("$CLUSTER" env)"
+eval "$cluster_env"
 
 step "cargo fmt --all --check" cargo fmt --all --check
 step "cargo clippy --workspace --all-targets --locked -- -D warnings" \
@@ -69,3 +75,5 @@ step "cargo test --workspace --locked${*:+ $*}" cargo test --workspace --locked 
 # Tests that restart shared servers run alone, after everything else.
 step "cargo test (alone: RabbitMQ restart)" \
     cargo test -p payflow --test it --locked -- --ignored --test-threads=1
+step "cargo test (operator on the test cluster)" \
+    cargo test -p payflow-operator --test cluster --locked -- --ignored --test-threads=2
