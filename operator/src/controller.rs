@@ -16,7 +16,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{predicates, reflector, watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -29,12 +29,14 @@ use crate::status::{merge_conditions, Wanted};
 
 pub const FINALIZER: &str = "payflow.io/cleanup";
 
-/// Requeue of a settled PayFlow: the watches on children bring any change sooner.
-pub const IDLE_REQUEUE: Duration = Duration::from_secs(300);
+/// Requeue of a settled PayFlow: the watches on children bring any change
+/// sooner; once a minute keeps the mirrored reversal run (a per-minute
+/// CronJob by default) current, so idle costs one reconcile a minute.
+pub const IDLE_REQUEUE: Duration = Duration::from_secs(60);
 const PROGRESS_REQUEUE: Duration = Duration::from_secs(15);
 
-/// What was last applied per child: the desired content's hash and the
-/// resourceVersion the apiserver answered. Same both → nothing to write.
+/// What was last applied per child: the desired content's hash and the live
+/// spec marker the apiserver answered. Same both → nothing to write.
 type Applied = HashMap<(String, String, String), (String, String)>;
 
 pub struct Context {
@@ -84,18 +86,96 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs the controller until the process is told to stop.
+/// A hash of the given parts, for watch predicates.
+fn fingerprint(parts: &[i64]) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut h);
+    Some(h.finish())
+}
+
+/// PayFlow events that matter: spec changes, deletion, finalizer changes (the
+/// finalizer helper waits for the event of its own patch). Status-only
+/// changes, including our own status writes, do not trigger a reconcile.
+fn payflow_changed(pf: &PayFlow) -> Option<u64> {
+    let m = &pf.metadata;
+    fingerprint(&[
+        m.generation.unwrap_or_default(),
+        i64::from(m.deletion_timestamp.is_some()),
+        m.finalizers.as_ref().map_or(0, |f| f.len() as i64),
+    ])
+}
+
+/// Deployments trigger on spec changes and on readiness changes (the status reports them).
+fn deployment_changed(d: &Deployment) -> Option<u64> {
+    let st = d.status.as_ref();
+    fingerprint(&[
+        d.metadata.generation.unwrap_or_default(),
+        i64::from(st.and_then(|s| s.ready_replicas).unwrap_or_default()),
+        i64::from(st.and_then(|s| s.updated_replicas).unwrap_or_default()),
+        st.and_then(|s| s.observed_generation).unwrap_or_default(),
+    ])
+}
+
+/// The migration Job triggers when it finishes (that gates the rollout).
+fn job_changed(j: &Job) -> Option<u64> {
+    let st = j.status.as_ref();
+    fingerprint(&[
+        j.metadata.generation.unwrap_or_default(),
+        i64::from(st.and_then(|s| s.succeeded).unwrap_or_default()),
+        i64::from(st.and_then(|s| s.failed).unwrap_or_default()),
+    ])
+}
+
+/// Runs the controller until the process is told to stop. Watch events are
+/// filtered so that an idle PayFlow costs only its requeue interval: a
+/// CronJob's per-minute runs or our own status writes do not wake it.
 pub async fn run(ctx: Arc<Context>) {
-    let payflows: Api<PayFlow> = ctx.watched();
     let cfg = watcher::Config::default();
     let children = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    Controller::new(payflows, cfg)
-        .owns(ctx.watched::<Deployment>(), children.clone())
-        .owns(ctx.watched::<StatefulSet>(), children.clone())
-        .owns(ctx.watched::<Service>(), children.clone())
-        .owns(ctx.watched::<ConfigMap>(), children.clone())
-        .owns(ctx.watched::<Job>(), children.clone())
-        .owns(ctx.watched::<CronJob>(), children)
+    let (reader, writer) = reflector::store();
+    let payflows = watcher(ctx.watched::<PayFlow>(), cfg)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(payflow_changed, Default::default());
+    Controller::for_stream(payflows, reader)
+        .owns_stream(
+            watcher(ctx.watched::<Deployment>(), children.clone())
+                .default_backoff()
+                .touched_objects()
+                .predicate_filter(deployment_changed, Default::default()),
+        )
+        .owns_stream(
+            watcher(ctx.watched::<Job>(), children.clone())
+                .default_backoff()
+                .touched_objects()
+                .predicate_filter(job_changed, Default::default()),
+        )
+        .owns_stream(
+            watcher(ctx.watched::<StatefulSet>(), children.clone())
+                .default_backoff()
+                .touched_objects()
+                .predicate_filter(predicates::generation, Default::default()),
+        )
+        .owns_stream(
+            watcher(ctx.watched::<CronJob>(), children.clone())
+                .default_backoff()
+                .touched_objects()
+                .predicate_filter(predicates::generation, Default::default()),
+        )
+        .owns_stream(
+            watcher(ctx.watched::<ConfigMap>(), children.clone())
+                .default_backoff()
+                .touched_objects()
+                .predicate_filter(predicates::resource_version, Default::default()),
+        )
+        .owns_stream(
+            watcher(ctx.watched::<Service>(), children)
+                .default_backoff()
+                .touched_objects()
+                .predicate_filter(predicates::generation, Default::default()),
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -202,18 +282,29 @@ fn content_hash(child: &Child) -> String {
     desired::config_hash([("object", child.object.to_string().as_str())])
 }
 
+/// What identifies the live object's spec: its generation where the kind has
+/// one (status updates, such as a CronJob's last run, do not change it), else
+/// its resourceVersion.
+fn spec_marker(meta: &kube::api::ObjectMeta) -> String {
+    match (meta.generation, &meta.resource_version) {
+        (Some(g), _) => format!("g{g}"),
+        (None, Some(rv)) => format!("r{rv}"),
+        (None, None) => String::new(),
+    }
+}
+
 /// Server-side apply of one child, skipped when neither the desired content
-/// nor the live object changed since the last apply. Returns whether it wrote.
+/// nor the live object's spec changed since the last apply. Returns whether it wrote.
 async fn apply_child(ctx: &Context, ns: &str, child: &Child) -> Result<bool> {
     let ar = child.api_resource();
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
     let key = (ns.to_string(), child.kind.to_string(), child.name.clone());
     let hash = content_hash(child);
     let previous = lock(&ctx.applied).get(&key).cloned();
-    if let Some((applied_hash, applied_rv)) = previous {
+    if let Some((applied_hash, applied_marker)) = previous {
         if applied_hash == hash {
             let live = api.get_metadata_opt(&child.name).await?;
-            if live.and_then(|l| l.metadata.resource_version) == Some(applied_rv) {
+            if live.map(|l| spec_marker(&l.metadata)) == Some(applied_marker) {
                 return Ok(false);
             }
         }
@@ -221,7 +312,7 @@ async fn apply_child(ctx: &Context, ns: &str, child: &Child) -> Result<bool> {
     let params = PatchParams::apply(MANAGER).force();
     let result = api.patch(&child.name, &params, &Patch::Apply(&child.object)).await?;
     ctx.metrics.applied(child.kind);
-    lock(&ctx.applied).insert(key, (hash, result.metadata.resource_version.unwrap_or_default()));
+    lock(&ctx.applied).insert(key, (hash, spec_marker(&result.metadata)));
     Ok(true)
 }
 
