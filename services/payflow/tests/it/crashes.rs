@@ -143,3 +143,35 @@ async fn a_message_delivered_twice_settles_once() {
     let (_, w) = crate::harness::get(&s, &format!("/api/wallets/{}", a.id), &a.access).await;
     assert_eq!(w["balance"], "996.00", "3 + 1 transfers of 1.00, each once: {w}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_settle_message_ends_in_the_dead_letter_queue() {
+    let s = Stack::start().await;
+    let conn = payflow_messaging::connect(&amqp_url()).await.expect("amqp");
+    let publisher = payflow_messaging::Publisher::new(&conn).await.expect("publisher");
+    let topology = s.txn_cfg.amqp.topology();
+    let poison = payflow_messaging::Message {
+        id: Uuid::new_v4(),
+        kind: payflow_messaging::topology::SETTLE.into(),
+        correlation_id: "poison-test".into(),
+        timestamp: 0,
+        body: b"{not json".to_vec(),
+    };
+    publisher.publish(&topology.work_exchange(), payflow_messaging::topology::SETTLE, &poison).await.expect("publish");
+    let dlq = topology.dead_letter_queue(&topology.transactions_queue());
+    let ch = conn.create_channel().await.expect("channel");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let got = loop {
+        let got = ch.basic_get(&dlq, lapin::options::BasicGetOptions { no_ack: true }).await.expect("basic_get");
+        if let Some(m) = got {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "the poison message did not reach {dlq}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(got.delivery.data, b"{not json".to_vec());
+    // The worker goes on: a normal transfer still settles.
+    let (_, ids) = send_some(&s, 1).await;
+    wait_final(&s, &ids, Duration::from_secs(15)).await;
+    assert_invariants(&s, &ids).await;
+}
