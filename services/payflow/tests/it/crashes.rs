@@ -88,7 +88,8 @@ async fn relay_killed_after_publishing_before_marking() {
     args.extend(common_args(&s));
     run_until_killed("relay-after-publish", &args).await;
     let unmarked: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM txn.outbox WHERE published_at IS NULL AND (body->>'transactionId')::uuid = ANY($1)",
+        "SELECT count(*) FROM txn.outbox WHERE published_at IS NULL AND routing_key = 'transaction.settle' \
+         AND (body->>'transactionId')::uuid = ANY($1)",
     )
     .bind(&ids)
     .fetch_one(&s.pool)
@@ -150,6 +151,8 @@ async fn a_poison_settle_message_ends_in_the_dead_letter_queue() {
     let conn = payflow_messaging::connect(&amqp_url()).await.expect("amqp");
     let publisher = payflow_messaging::Publisher::new(&conn).await.expect("publisher");
     let topology = s.txn_cfg.amqp.topology();
+    // The stack's processes may not have declared it yet; an unroutable message would vanish.
+    topology.declare(publisher.channel()).await.expect("declare");
     let poison = payflow_messaging::Message {
         id: Uuid::new_v4(),
         kind: payflow_messaging::topology::SETTLE.into(),
