@@ -48,8 +48,6 @@ pub struct Context {
     applied: Mutex<Applied>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<PayFlow>, u32>>,
-    /// Worker status reported by the scaler, per PayFlow.
-    pub worker_status: Arc<Mutex<HashMap<ObjectRef<PayFlow>, crate::crd::WorkerStatus>>>,
 }
 
 impl Context {
@@ -77,7 +75,6 @@ impl Context {
             metrics,
             applied: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
-            worker_status: Arc::default(),
         }
     }
 }
@@ -425,7 +422,7 @@ fn old_worker(pf: &PayFlow) -> Option<crate::crd::WorkerStatus> {
 
 /// Writes the status only when it differs: an unchanged PayFlow costs no write.
 async fn write_status(pf: &PayFlow, ctx: &Context, status: PayFlowStatus) -> Result<()> {
-    if !crate::status::differs(pf.status.as_ref(), &status) {
+    if pf.status.as_ref() == Some(&status) {
         return Ok(());
     }
     let api: Api<PayFlow> = Api::namespaced(ctx.client.clone(), &pf.namespace().unwrap_or_default());

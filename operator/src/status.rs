@@ -4,8 +4,6 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::crd::PayFlowStatus;
-
 /// A condition as computed now (without a transition time yet).
 pub struct Wanted<'a> {
     pub kind: &'a str,
@@ -35,11 +33,6 @@ pub fn merge_conditions(old: &[Condition], wanted: &[Wanted], generation: Option
             }
         })
         .collect()
-}
-
-/// Whether two statuses differ in anything but ordering-irrelevant noise.
-pub fn differs(old: Option<&PayFlowStatus>, new: &PayFlowStatus) -> bool {
-    old != Some(new)
 }
 
 #[cfg(test)]

@@ -118,8 +118,7 @@ pub async fn run(ctx: Arc<Context>) {
                 continue;
             }
             entry.next_poll = Instant::now() + Duration::from_secs(a.polling_interval_seconds.max(1) as u64);
-            if let Err(e) =
-                scale_one(&ctx, &management, &pf, &key, &mut entry.scaler, Millis::from(started.elapsed())).await
+            if let Err(e) = scale_one(&ctx, &management, &pf, &mut entry.scaler, Millis::from(started.elapsed())).await
             {
                 tracing::warn!(payflow = %pf.name_any(), error = %e, "scaler pass failed");
             }
@@ -132,7 +131,6 @@ async fn scale_one(
     ctx: &Context,
     management: &Management,
     pf: &PayFlow,
-    key: &ObjectRef<PayFlow>,
     scaler: &mut Scaler,
     now: Millis,
 ) -> anyhow::Result<()> {
@@ -181,7 +179,6 @@ async fn scale_one(
         }
     }
     let old = pf.status.as_ref().and_then(|s| s.worker.clone());
-    ctx.worker_status.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), status.clone());
     // Worker status is the scaler's field: written only when it changed.
     if old.as_ref() != Some(&status) {
         let api: Api<PayFlow> = Api::namespaced(ctx.client.clone(), &ns);

@@ -4,7 +4,22 @@
 
 use std::net::SocketAddr;
 
-use clap::Args;
+use clap::{Args, Parser};
+
+/// Wraps one component's arguments so they can be parsed on their own.
+#[derive(Parser)]
+struct Only<T: Args> {
+    #[command(flatten)]
+    inner: T,
+}
+
+/// Parses one component's configuration from `--name=value` flags and the
+/// environment, so a caller that runs several components in one process
+/// (`payflow dev`, tests) honours every PAYFLOW_* variable each one does.
+pub fn parse_component<T: Args>(flags: impl IntoIterator<Item = String>) -> Result<T, clap::Error> {
+    let argv = std::iter::once("payflow".to_string()).chain(flags);
+    Ok(Only::<T>::try_parse_from(argv)?.inner)
+}
 
 /// Where a service listens.
 #[derive(Debug, Clone, Args)]
@@ -65,6 +80,13 @@ pub struct JwtVerifyArgs {
     pub jwks_url: String,
     #[command(flatten)]
     pub claims: JwtClaimArgs,
+}
+
+impl JwtVerifyArgs {
+    /// A verifier that fetches auth's keys from `jwks_url`.
+    pub fn verifier(&self) -> crate::jwt::JwtVerifier {
+        crate::jwt::JwtVerifier::from_jwks_url(&self.jwks_url, &self.claims)
+    }
 }
 
 /// The `iss` and `aud` every access token carries.

@@ -110,9 +110,9 @@ impl JwtSigner {
 
     /// A verifier that trusts exactly this key (no network).
     pub fn verifier(&self, claims: &JwtClaimArgs) -> JwtVerifier {
-        let mut keys = HashMap::new();
-        keys.insert(self.kid.clone(), DecodingKey::from_ed_components(&URL_SAFE_NO_PAD.encode(&self.public)).ok());
-        let keys = keys.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
+        let keys = DecodingKey::from_ed_components(&URL_SAFE_NO_PAD.encode(&self.public))
+            .map(|key| HashMap::from([(self.kid.clone(), key)]))
+            .unwrap_or_default();
         JwtVerifier::new(keys, None, claims)
     }
 }

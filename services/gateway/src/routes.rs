@@ -19,7 +19,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::proxy::{forward, ClientIp};
 use crate::rate_limit::{Decision, Limit};
-use crate::state::AppState;
+use crate::state::{AppState, Upstream};
 
 pub fn router(state: AppState) -> Router {
     let info = ServiceInfo {
@@ -99,26 +99,24 @@ async fn own_notifications(
     Path(raw): Path<String>,
     req: Request,
 ) -> Response {
-    let owner: UserId = match parse_path_id(&raw, "userId") {
-        Ok(id) => id,
-        Err(e) => return e.into_response(),
-    };
-    if let Err(e) = user.require_self(owner) {
-        return e.into_response();
-    }
-    forward(&s, &s.upstreams.notification, req).await
+    forward_if_own(&s, &s.upstreams.notification, &user, &raw, req).await
 }
 
 /// Object-level check at the edge too: another user's wallet never leaves the gateway.
 async fn own_wallet(State(s): State<AppState>, user: AuthUser, Path(raw): Path<String>, req: Request) -> Response {
-    let owner: UserId = match parse_path_id(&raw, "userId") {
+    forward_if_own(&s, &s.upstreams.wallet, &user, &raw, req).await
+}
+
+/// Forwards only when the `userId` path segment is the caller.
+async fn forward_if_own(s: &AppState, upstream: &Upstream, user: &AuthUser, raw: &str, req: Request) -> Response {
+    let owner: UserId = match parse_path_id(raw, "userId") {
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
     if let Err(e) = user.require_self(owner) {
         return e.into_response();
     }
-    forward(&s, &s.upstreams.wallet, req).await
+    forward(s, upstream, req).await
 }
 
 fn too_many(state: &AppState, scope: &str, retry_after: u64) -> Response {

@@ -72,7 +72,7 @@ pub struct AppState {
 impl AppState {
     pub async fn new(cfg: &Config) -> anyhow::Result<Self> {
         let redis = payflow_common::redis_conn::connect(&cfg.redis).await?;
-        let verifier = JwtVerifier::from_jwks_url(&cfg.jwt.jwks_url, &cfg.jwt.claims);
+        let verifier = cfg.jwt.verifier();
         Self::with_parts(cfg, redis, verifier)
     }
 

@@ -2,7 +2,7 @@
 //! transaction with its relay, worker, notification), wired to each other on loopback,
 //! after applying migrations. For local use, not production.
 
-use clap::{Args, Parser};
+use clap::Args;
 use payflow_common::config::{DbArgs, RedisArgs};
 use payflow_common::shutdown::CancellationToken;
 use payflow_messaging::AmqpArgs;
@@ -39,17 +39,9 @@ pub struct DevArgs {
     worker_port: u16,
 }
 
-/// Parses one component's configuration from the environment and `args`,
-/// so `dev` honours every PAYFLOW_* variable that component does.
-#[derive(Parser)]
-struct Component<T: Args> {
-    #[command(flatten)]
-    cfg: T,
-}
-
-fn component<T: Args>(flags: &[String]) -> anyhow::Result<T> {
-    let argv = std::iter::once("payflow-dev".to_string()).chain(flags.iter().cloned());
-    Ok(Component::<T>::try_parse_from(argv)?.cfg)
+/// One component's configuration: these flags plus the environment.
+fn component<T: clap::Args>(flags: &[String]) -> anyhow::Result<T> {
+    Ok(payflow_common::config::parse_component(flags.iter().cloned())?)
 }
 
 pub async fn run(a: DevArgs, cancel: CancellationToken) -> anyhow::Result<()> {

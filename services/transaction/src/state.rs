@@ -48,7 +48,7 @@ pub struct AppState {
 impl AppState {
     pub async fn new(cfg: &Config) -> anyhow::Result<Self> {
         let pool = payflow_common::db::connect(&cfg.db).await?;
-        let verifier = JwtVerifier::from_jwks_url(&cfg.jwt.jwks_url, &cfg.jwt.claims);
+        let verifier = cfg.jwt.verifier();
         Self::with_parts(cfg, pool, verifier)
     }
 

@@ -215,7 +215,7 @@ pub async fn create_wallet(
             .bind(currency.code())
             .execute(&mut *tx)
             .await?;
-            move_money(&mut tx, transfer, issuer, account, signup_credit, false).await?;
+            move_money(&mut tx, transfer, issuer, account, signup_credit).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -245,10 +245,10 @@ pub async fn create_pending(pool: &PgPool, new: &NewTransfer) -> Result<Outcome<
         if debit.2 != new.currency.code() || credit.2 != new.currency.code() {
             return Err(LedgerError::CurrencyMismatch);
         }
-        let inserted = sqlx::query(
+        let inserted: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
             "INSERT INTO wallet.transfers (id, kind, debit_account_id, credit_account_id, amount, currency, state, timeout_at) \
              VALUES ($1, 'payment', $2, $3, $4, $5, 'pending', now() + make_interval(secs => $6)) \
-             ON CONFLICT (id) DO NOTHING",
+             ON CONFLICT (id) DO NOTHING RETURNING created_at, timeout_at",
         )
         .bind(new.id.0)
         .bind(debit.0)
@@ -256,12 +256,9 @@ pub async fn create_pending(pool: &PgPool, new: &NewTransfer) -> Result<Outcome<
         .bind(new.amount)
         .bind(new.currency.code())
         .bind(new.timeout.as_secs_f64())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            return Ok(false);
-        }
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(times) = inserted else { return Ok(None) };
         let held = sqlx::query(
             "UPDATE wallet.accounts SET pending_debits = pending_debits + $2, updated_at = now() \
              WHERE id = $1 AND balance - pending_debits >= $2",
@@ -275,13 +272,25 @@ pub async fn create_pending(pool: &PgPool, new: &NewTransfer) -> Result<Outcome<
             return Err(LedgerError::InsufficientFunds);
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(times))
     })
     .await?;
-    let transfer = get_transfer(pool, new.id).await?.ok_or(LedgerError::Retry)?;
-    if created {
-        return Ok(Outcome::Created(transfer));
+    // Created now: everything is known, no need to read it back (this is every accept's path).
+    if let Some((created_at, timeout_at)) = created {
+        return Ok(Outcome::Created(Transfer {
+            id: new.id.0,
+            kind: "payment".into(),
+            from_user_id: Some(new.from.0),
+            to_user_id: Some(new.to.0),
+            amount: Some(new.amount),
+            currency: Some(new.currency.code().to_string()),
+            state: TransferState::Pending,
+            timeout_at,
+            created_at,
+            resolved_at: None,
+        }));
     }
+    let transfer = get_transfer(pool, new.id).await?.ok_or(LedgerError::Retry)?;
     if transfer.kind == "tombstone" {
         return Err(LedgerError::AlreadyVoided);
     }
@@ -293,35 +302,13 @@ pub async fn create_pending(pool: &PgPool, new: &NewTransfer) -> Result<Outcome<
 }
 
 /// Posts a pending transfer: the money moves, exactly once. Posting a posted
-/// transfer is a success without a second movement.
+/// transfer is a success without a second movement. (A batch of one.)
 pub async fn post(pool: &PgPool, id: TransferId) -> Result<Transfer, LedgerError> {
-    retrying(|| async {
-        let mut tx = pool.begin().await?;
-        let row: Option<(Uuid, Uuid, i64)> = sqlx::query_as(
-            "UPDATE wallet.transfers SET state = 'posted', resolved_at = now() \
-             WHERE id = $1 AND state = 'pending' RETURNING debit_account_id, credit_account_id, amount",
-        )
-        .bind(id.0)
-        .fetch_optional(&mut *tx)
-        .await?;
-        match row {
-            Some((debit, credit, amount)) => {
-                move_money(&mut tx, id.0, debit, credit, amount, true).await?;
-                tx.commit().await?;
-            }
-            None => {
-                tx.rollback().await?;
-                let t = get_transfer(pool, id).await?.ok_or(LedgerError::NotFound)?;
-                return match t.state {
-                    TransferState::Posted => Ok(t),
-                    TransferState::Voided => Err(LedgerError::AlreadyVoided),
-                    TransferState::Pending => Err(LedgerError::Retry),
-                };
-            }
-        }
-        get_transfer(pool, id).await?.ok_or(LedgerError::NotFound)
-    })
-    .await
+    match post_many(pool, &[id.0]).await?.first().map(|(_, outcome)| *outcome) {
+        Some(BatchOutcome::Posted) => get_transfer(pool, id).await?.ok_or(LedgerError::NotFound),
+        Some(BatchOutcome::Voided) => Err(LedgerError::AlreadyVoided),
+        Some(BatchOutcome::NotFound) | None => Err(LedgerError::NotFound),
+    }
 }
 
 /// Final state of one transfer of a batch post.
@@ -468,32 +455,27 @@ pub async fn void(pool: &PgPool, id: TransferId) -> Result<Transfer, LedgerError
     .await
 }
 
-/// Moves `amount` from `debit` to `credit` with two ledger entries. Accounts
-/// are locked in id order first, the one order every path uses. `NO KEY
-/// UPDATE` (not `UPDATE`) so that concurrent inserts of transfers, whose
-/// foreign keys take `KEY SHARE` on the same accounts, do not deadlock with it.
+/// Moves `amount` (held nowhere: the sign-up credit) from `debit` to `credit`
+/// with two ledger entries. Accounts are locked in id order first, the one
+/// order every path uses. `NO KEY UPDATE` (not `UPDATE`) so that concurrent
+/// inserts of transfers, whose foreign keys take `KEY SHARE` on the same
+/// accounts, do not deadlock with it. Posting holds is [`post_many`].
 async fn move_money(
     tx: &mut Transaction<'_, Postgres>,
     transfer: Uuid,
     debit: Uuid,
     credit: Uuid,
     amount: i64,
-    release_hold: bool,
 ) -> Result<(), LedgerError> {
     sqlx::query("SELECT id FROM wallet.accounts WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
         .bind(vec![debit, credit])
         .execute(&mut **tx)
         .await?;
-    let held = if release_hold { amount } else { 0 };
-    sqlx::query(
-        "UPDATE wallet.accounts SET balance = balance - $2, pending_debits = pending_debits - $3, \
-         updated_at = now() WHERE id = $1",
-    )
-    .bind(debit)
-    .bind(amount)
-    .bind(held)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query("UPDATE wallet.accounts SET balance = balance - $2, updated_at = now() WHERE id = $1")
+        .bind(debit)
+        .bind(amount)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query("UPDATE wallet.accounts SET balance = balance + $2, updated_at = now() WHERE id = $1")
         .bind(credit)
         .bind(amount)

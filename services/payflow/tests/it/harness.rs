@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser};
 use payflow_common::jwt::JwtSigner;
 use payflow_common::shutdown::CancellationToken;
 use serde_json::{json, Value};
@@ -25,15 +24,9 @@ pub fn redis_url() -> String {
         .expect("PAYFLOW_TEST_REDIS_URL is not set: run the tests with scripts/test.sh")
 }
 
-#[derive(Parser)]
-struct Component<T: Args> {
-    #[command(flatten)]
-    cfg: T,
-}
-
-fn component<T: Args>(flags: &[(&str, String)]) -> T {
-    let argv = std::iter::once("test".to_string()).chain(flags.iter().map(|(k, v)| format!("--{k}={v}")));
-    Component::<T>::try_parse_from(argv).expect("valid test configuration").cfg
+fn component<T: clap::Args>(flags: &[(&str, String)]) -> T {
+    payflow_common::config::parse_component(flags.iter().map(|(k, v)| format!("--{k}={v}")))
+        .expect("valid test configuration")
 }
 
 /// Knobs a test may turn.
