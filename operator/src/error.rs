@@ -14,6 +14,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// A short label for metrics.
+    /// Every value of `metric_label`, to initialise the error counters.
+    pub const METRIC_LABELS: [&'static str; 4] = ["kube", "finalizer", "serde", "other"];
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",

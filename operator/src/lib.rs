@@ -5,6 +5,7 @@ pub mod crd;
 pub mod credentials;
 pub mod desired;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod scaler;
 pub mod status;

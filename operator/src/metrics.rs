@@ -13,6 +13,8 @@ pub struct Metrics {
     desired_workers: prometheus::IntGaugeVec,
     fallback: prometheus::IntGaugeVec,
     decisions: IntCounterVec,
+    current_workers: prometheus::IntGaugeVec,
+    leader: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -49,8 +51,20 @@ impl Metrics {
                 Opts::new("payflow_operator_scaler_decisions_total", "Scaler decisions by reason"),
                 &["payflow", "reason"],
             )?,
+            current_workers: prometheus::IntGaugeVec::new(
+                Opts::new("payflow_operator_scaler_current_replicas", "Worker replicas when the scaler last looked"),
+                &["payflow"],
+            )?,
+            leader: prometheus::IntGauge::new(
+                "payflow_operator_leader",
+                "1 while this replica holds the leader Lease",
+            )?,
             registry,
         };
+        // Known label values start at zero, so rates and alerts see a series before the first error.
+        for kind in crate::error::Error::METRIC_LABELS {
+            m.failures.with_label_values(&[kind]);
+        }
         m.registry.register(Box::new(m.reconciles.clone()))?;
         m.registry.register(Box::new(m.failures.clone()))?;
         m.registry.register(Box::new(m.duration.clone()))?;
@@ -60,6 +74,8 @@ impl Metrics {
         m.registry.register(Box::new(m.desired_workers.clone()))?;
         m.registry.register(Box::new(m.fallback.clone()))?;
         m.registry.register(Box::new(m.decisions.clone()))?;
+        m.registry.register(Box::new(m.current_workers.clone()))?;
+        m.registry.register(Box::new(m.leader.clone()))?;
         Ok(m)
     }
 
@@ -81,11 +97,24 @@ impl Metrics {
         self.status_writes.inc();
     }
 
-    pub fn scaler_decision(&self, payflow: &str, depth: Option<u64>, desired: u32, reason: &str, fallback: bool) {
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    pub fn scaler_decision(
+        &self,
+        payflow: &str,
+        depth: Option<u64>,
+        current: u32,
+        desired: u32,
+        reason: &str,
+        fallback: bool,
+    ) {
         if let Some(d) = depth {
             self.queue_depth.with_label_values(&[payflow]).set(d as i64);
         }
         self.desired_workers.with_label_values(&[payflow]).set(i64::from(desired));
+        self.current_workers.with_label_values(&[payflow]).set(i64::from(current));
         self.fallback.with_label_values(&[payflow]).set(i64::from(fallback));
         self.decisions.with_label_values(&[payflow, reason]).inc();
     }
