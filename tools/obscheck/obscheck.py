@@ -1,0 +1,393 @@
+#!/usr/bin/env python3
+"""Checks of the PayFlow dashboards and alert rules (run by scripts/check-observability.sh).
+
+  static                 rules (promtool check/test, plain file == PrometheusRule, runbook anchors)
+                         and dashboards (JSON, uids, variables, datasource and namespace filters)
+  traffic GATEWAY        registers two users, sends money (and one refused transfer), reads notifications
+  exported URL...        every metric name used by a dashboard or rule is in one of these /metrics
+  queries PROM NS        every dashboard query returns a series from Prometheus PROM (namespace NS)
+  names                  prints the metric names used, with where they are used
+
+Standard library plus PyYAML (Debian python3-yaml). Metric names come from the PromQL itself,
+never from a hand-kept list.
+"""
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAFANA = ROOT / "grafana"
+DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
+RULES = GRAFANA / "alerts" / "payflow.rules.yaml"
+PROMETHEUS_RULE = GRAFANA / "alerts" / "prometheusrule.yaml"
+RULE_TESTS = GRAFANA / "alerts" / "tests.yaml"
+RUNBOOK = ROOT / "docs" / "runbook.md"
+# Where metric names are defined (only to explain a missing name, never as the list to check).
+SOURCES = [p for d in ("services", "operator") for p in (ROOT / d).glob("**/src/**/*.rs")]
+# Operator series describe PayFlows in other namespaces; they carry that namespace here.
+NAMESPACE_FILTERS = ('namespace="$namespace"', 'payflow_namespace="$namespace"')
+DS_VAR = "${datasource}"
+
+# ------------------------------------------------------------------------- PromQL tokenizer
+
+KEYWORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
+    "offset", "inf", "nan", "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk",
+    "bottomk", "quantile", "count_values", "group", "limitk", "limit_ratio",
+}
+# Keywords followed by a parenthesised list of label names (not metrics).
+LABEL_LISTS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
+TOKEN = re.compile(
+    r"""(?P<str>"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|`[^`]*`)
+      |(?P<matchers>\{(?:"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|[^}"'])*\})
+      |(?P<range>\[[^\]]*\])
+      |(?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
+      |(?P<space>\s+)
+      |(?P<other>.)""",
+    re.X,
+)
+
+
+def selectors(expr):
+    """[(metric name, label matchers text or "")] for every metric selector in a PromQL expression."""
+    tokens = [(m.lastgroup, m.group()) for m in TOKEN.finditer(expr) if m.lastgroup != "space"]
+    found, i = [], 0
+    while i < len(tokens):
+        kind, text = tokens[i]
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else (None, "")
+        if kind == "ident" and text in LABEL_LISTS and nxt[1] == "(":
+            i = _skip_parens(tokens, i + 1)
+            continue
+        if kind == "ident" and text.lower() not in KEYWORDS and nxt[1] != "(":
+            found.append((text, nxt[1] if nxt[0] == "matchers" else ""))
+        i += 1
+    return found
+
+
+def _skip_parens(tokens, i):
+    depth = 0
+    while i < len(tokens):
+        depth += {"(": 1, ")": -1}.get(tokens[i][1], 0)
+        i += 1
+        if depth == 0:
+            break
+    return i
+
+
+def family(name):
+    """The metric family a sample name belongs to (a histogram's _bucket/_sum/_count)."""
+    return re.sub(r"_(bucket|sum|count)$", "", name)
+
+
+# ------------------------------------------------------------------------- sources of PromQL
+
+
+def dashboard_queries():
+    """[(where, expr)] of every panel target of every dashboard, plus the namespace variable."""
+    out = []
+    for path in DASHBOARDS:
+        board = json.loads(path.read_text())
+        for panel in panels(board):
+            for t in panel.get("targets", []):
+                out.append((f"{path.name}: {panel.get('title')} [{t.get('refId')}]", t.get("expr", "")))
+    return out
+
+
+def panels(board):
+    for p in board.get("panels", []):
+        yield from p.get("panels", []) if p.get("type") == "row" else [p]
+
+
+def rule_queries():
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [(f"{RULES.name}: {r.get('alert') or r.get('record')}", r["expr"]) for g in groups for r in g["rules"]]
+
+
+def variable_queries():
+    out = []
+    for path in DASHBOARDS:
+        for v in json.loads(path.read_text())["templating"]["list"]:
+            if v.get("type") == "query":
+                q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
+                m = re.match(r"label_values\((\w+)", q)
+                if m:
+                    out.append((f"{path.name}: variable {v['name']}", m.group(1)))
+    return out
+
+
+def used_names():
+    """{metric name: [where used]} over dashboards, variables and rules."""
+    names = {}
+    for where, expr in dashboard_queries() + variable_queries() + rule_queries():
+        for name, _ in selectors(expr):
+            names.setdefault(name, []).append(where)
+    return names
+
+
+# ------------------------------------------------------------------------- checks
+
+
+class Failures(list):
+    def check(self, ok, message):
+        if not ok:
+            self.append(message)
+        return ok
+
+    def report(self, title):
+        """Prints the outcome; True when nothing failed."""
+        if self:
+            print(f"FAIL {title}:")
+            for f in self:
+                print(f"  - {f}")
+            return False
+        print(f"ok   {title}")
+        return True
+
+
+def run(cmd, fails):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    fails.check(r.returncode == 0, f"{' '.join(map(str, cmd))} exited {r.returncode}:\n{r.stdout}{r.stderr}")
+    return r
+
+
+def check_rules():
+    fails = Failures()
+    run(["promtool", "check", "rules", RULES], fails)
+    plain = yaml.safe_load(RULES.read_text())
+    crd = yaml.safe_load(PROMETHEUS_RULE.read_text())
+    fails.check(crd.get("apiVersion") == "monitoring.coreos.com/v1" and crd.get("kind") == "PrometheusRule",
+                f"{PROMETHEUS_RULE.name} is not a monitoring.coreos.com/v1 PrometheusRule")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as tmp:
+        yaml.safe_dump({"groups": crd["spec"]["groups"]}, tmp)
+        tmp.flush()
+        run(["promtool", "check", "rules", tmp.name], fails)
+    fails.check(plain["groups"] == crd["spec"]["groups"],
+                f"the groups of {PROMETHEUS_RULE.name} differ from {RULES.name}")
+    # promtool resolves rule_files relative to the test file.
+    run(["promtool", "test", "rules", RULE_TESTS], fails)
+    anchors = {slug(m) for m in re.findall(r"^#+\s+(.*?)\s*$", RUNBOOK.read_text(), re.M)}
+    tested = set(re.findall(r"alertname:\s*(\S+)", RULE_TESTS.read_text()))
+    for g in plain["groups"]:
+        for r in g["rules"]:
+            name = r.get("alert")
+            if not name:
+                continue
+            labels, notes = r.get("labels", {}), r.get("annotations", {})
+            fails.check(labels.get("severity") in ("critical", "warning", "info"), f"{name}: severity")
+            for key in ("summary", "description", "runbook_url"):
+                fails.check(bool(notes.get(key)), f"{name}: no {key} annotation")
+            url = notes.get("runbook_url", "")
+            fails.check(url.split("#")[0].endswith("docs/runbook.md") and url.split("#")[-1] in anchors,
+                        f"{name}: runbook_url {url} has no matching heading in docs/runbook.md")
+            fails.check(name in tested, f"{name}: no test in {RULE_TESTS.name}")
+    return fails.report(f"alert rules ({RULES.name}, {PROMETHEUS_RULE.name}, {RULE_TESTS.name})")
+
+
+def slug(heading):
+    """GitHub's heading anchor."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def check_dashboards():
+    fails = Failures()
+    uids = {}
+    for path in DASHBOARDS:
+        try:
+            board = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            fails.append(f"{path.name}: invalid JSON: {e}")
+            continue
+        uid = board.get("uid")
+        fails.check(uid == path.stem, f"{path.name}: uid {uid!r} is not the file name {path.stem!r}")
+        fails.check(uid not in uids, f"{path.name}: uid {uid} also in {uids.get(uid)}")
+        uids[uid] = path.name
+        fails.check(board.get("id") is None, f"{path.name}: a fixed numeric id breaks provisioning; drop it")
+        fails.check(isinstance(board.get("schemaVersion"), int) and board["schemaVersion"] >= 39,
+                    f"{path.name}: schemaVersion {board.get('schemaVersion')} is older than Grafana 11's 39")
+        variables = {v.get("name"): v for v in board.get("templating", {}).get("list", [])}
+        ds = variables.get("datasource", {})
+        fails.check(ds.get("type") == "datasource" and ds.get("query") == "prometheus",
+                    f"{path.name}: no datasource variable of type datasource for prometheus")
+        ns = variables.get("namespace", {})
+        ns_query = ns.get("query", {}).get("query", "") if isinstance(ns.get("query"), dict) else ns.get("query", "")
+        fails.check(ns.get("type") == "query" and re.match(r"label_values\(\w+, *namespace\)", ns_query or "")
+                    and (ns.get("datasource") or {}).get("uid") == DS_VAR,
+                    f"{path.name}: no namespace variable (label_values(..., namespace) on {DS_VAR})")
+        ids = [p.get("id") for p in board.get("panels", [])] + [
+            p.get("id") for row in board.get("panels", []) for p in row.get("panels", [])]
+        fails.check(len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids")
+        for panel in panels(board):
+            where = f"{path.name}: panel {panel.get('title')!r}"
+            fails.check((panel.get("datasource") or {}).get("uid") == DS_VAR, f"{where}: datasource is not {DS_VAR}")
+            targets = panel.get("targets") or []
+            fails.check(targets, f"{where}: no targets")
+            for t in targets:
+                tw = f"{where} [{t.get('refId')}]"
+                fails.check((t.get("datasource") or {}).get("uid") == DS_VAR, f"{tw}: datasource is not {DS_VAR}")
+                sels = selectors(t.get("expr", ""))
+                fails.check(sels, f"{tw}: no metric in {t.get('expr')!r}")
+                for name, matchers in sels:
+                    fails.check(any(f in matchers.replace(" ", "") for f in NAMESPACE_FILTERS),
+                                f"{tw}: {name} is not filtered by namespace=\"$namespace\"")
+    fails.check(len(DASHBOARDS) >= 2, "expected the overview and operator dashboards")
+    # The kustomization must carry the JSON files unchanged (they are the single source).
+    r = subprocess.run(["kubectl", "kustomize", str(GRAFANA)], capture_output=True, text=True)
+    if fails.check(r.returncode == 0, f"kubectl kustomize grafana: {r.stderr}"):
+        cms = [d for d in yaml.safe_load_all(r.stdout) if d and d.get("kind") == "ConfigMap"]
+        data = {k: v for cm in cms for k, v in cm.get("data", {}).items()}
+        for path in DASHBOARDS:
+            fails.check(data.get(path.name) == path.read_text(), f"kustomization does not ship {path.name} as is")
+        fails.check(all(cm["metadata"].get("labels", {}).get("grafana_dashboard") == "1" for cm in cms),
+                    "dashboard ConfigMaps lack the grafana_dashboard: \"1\" label")
+    return fails.report(f"dashboards ({', '.join(p.name for p in DASHBOARDS)})")
+
+
+# ------------------------------------------------------------------------- traffic
+
+
+def http(method, url, body=None, token=None, headers=None):
+    req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def traffic(gateway, transfers=10):
+    run_id = uuid.uuid4().hex[:10]
+    users = []
+    for who in ("alice", "bob"):
+        email, password = f"obscheck-{who}-{run_id}@payflow.local", "Obscheck-Passw0rd"
+        status, _ = http("POST", f"{gateway}/api/auth/register", {"email": email, "password": password, "name": who})
+        assert status == 201, f"register {who}: {status}"
+        status, body = http("POST", f"{gateway}/api/auth/login", {"email": email, "password": password})
+        assert status == 200, f"login {who}: {status}"
+        users.append((body["accessToken"], body["user"]["id"]))
+    (alice, alice_id), (bob, bob_id) = users
+    for i in range(transfers):
+        status, _ = http("POST", f"{gateway}/api/transactions", {"toUserId": bob_id, "amount": "1.25"}, alice,
+                         {"Idempotency-Key": f"obscheck-{run_id}-{i}"})
+        assert status == 201, f"transfer {i}: {status}"
+    # More than the sign-up credit: refused by the wallet, counted as rejected.
+    status, _ = http("POST", f"{gateway}/api/transactions", {"toUserId": alice_id, "amount": "5000.00"}, bob,
+                     {"Idempotency-Key": f"obscheck-{run_id}-too-much"})
+    assert status >= 400, f"an over-balance transfer was accepted ({status})"
+    deadline = time.monotonic() + 60
+    while True:
+        status, body = http("GET", f"{gateway}/api/notifications/{bob_id}", token=bob)
+        items = body if isinstance(body, list) else (body or {}).get("notifications") or (body or {}).get("data") or []
+        if status == 200 and len(items) >= transfers:
+            break
+        assert time.monotonic() < deadline, f"bob has {len(items)} of {transfers} notifications after 60 s"
+        time.sleep(0.25)
+    http("GET", f"{gateway}/api/transactions", token=alice)
+    http("GET", f"{gateway}/api/wallets/{alice_id}", token=alice)
+    print(f"ok   traffic: 2 users, {transfers} transfers settled and notified, 1 refused")
+    return True
+
+
+# ------------------------------------------------------------------------- exported names
+
+
+def scrape(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    return {re.split(r"[{\s]", line, 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def check_exported(urls):
+    fails = Failures()
+    exported = set()
+    for url in urls:
+        try:
+            exported |= scrape(url)
+        except OSError as e:
+            fails.append(f"cannot scrape {url}: {e}")
+    source = "\n".join(p.read_text() for p in SOURCES)
+    for name, where in sorted(used_names().items()):
+        if name in exported:
+            continue
+        if f'"{family(name)}"' in source:
+            why = ("defined in the code but no series yet: a labelled metric with no label value observed "
+                   "(the code should pre-initialise its label values)")
+        else:
+            why = "not defined anywhere under services/*/src or operator/src"
+        fails.append(f"{name}: {why}; used by {'; '.join(sorted(set(where)))}")
+    return fails.report(f"exported metric names ({len(used_names())} used, {len(exported)} exported by {len(urls)} endpoints)")
+
+
+# ------------------------------------------------------------------------- queries
+
+
+def instant(prom, expr):
+    url = f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as r:
+        body = json.loads(r.read())
+    return body["data"]["result"]
+
+
+def check_queries(prom, namespace, timeout=90.0, rate_interval="10s"):
+    subst = {"$namespace": namespace, "$__rate_interval": rate_interval, "$__interval": "1s",
+             "${datasource}": "prometheus", "$datasource": "prometheus"}
+    pending = {}
+    for where, expr in dashboard_queries():
+        for k, v in subst.items():
+            expr = expr.replace(k, v)
+        pending[where] = expr
+    errors = {}
+    deadline = time.monotonic() + timeout
+    while pending:
+        for where, expr in list(pending.items()):
+            try:
+                if instant(prom, expr):
+                    del pending[where]
+                    errors.pop(where, None)
+            except (OSError, KeyError, ValueError) as e:
+                errors[where] = str(e)
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    fails = Failures()
+    for where, expr in pending.items():
+        fails.append(f"{where}: no series for {expr}" + (f" ({errors[where]})" if where in errors else ""))
+    return fails.report(f"dashboard queries against Prometheus ({len(dashboard_queries())} queries, namespace {namespace})")
+
+
+def main(argv):
+    cmd, args = (argv[0], argv[1:]) if argv else ("", [])
+    if cmd == "static":
+        ok = all([check_rules(), check_dashboards()])
+    elif cmd == "traffic" and len(args) == 1:
+        ok = traffic(args[0].rstrip("/"))
+    elif cmd == "exported" and args:
+        ok = check_exported(args)
+    elif cmd == "queries" and len(args) == 2:
+        ok = check_queries(args[0].rstrip("/"), args[1])
+    elif cmd == "names":
+        for name, where in sorted(used_names().items()):
+            print(f"{name}\t{', '.join(sorted(set(where)))}")
+        ok = True
+    else:
+        print(__doc__)
+        return 2
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
