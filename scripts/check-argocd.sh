@@ -18,7 +18,8 @@
 #   eval "$(scripts/testcluster.sh env)" && scripts/check-argocd.sh
 #
 # It refuses to run on a cluster whose argocd namespace or Argo CD CRDs it
-# did not create. Extra arguments go to `go test` (e.g. -run Health -v).
+# did not create; do not run two at once (they share the CRDs). Extra
+# arguments go to `go test` (e.g. -run Health -v).
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -47,7 +48,7 @@ rc=0
 # -count=1: the results depend on the cluster and on files outside the
 # module, which go test's cache does not see.
 (cd "$PAYFLOW_ROOT/tools/argocd-check" &&
-    GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -mod=readonly" go test -count=1 "$@" ./...) || rc=$?
+    PAYFLOW_TEST_KUBECONFIG="$KUBECONFIG" GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:-} -mod=readonly" go test -count=1 "$@" ./...) || rc=$?
 cleanup
 if ((rc == 0)); then
     log "OK in $(elapsed_since "$T0") s"

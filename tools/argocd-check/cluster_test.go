@@ -123,9 +123,13 @@ func dryRun(t *testing.T, objs []object) ([]byte, error) {
 }
 
 func TestAgainstControlPlane(t *testing.T) {
-	if os.Getenv("KUBECONFIG") == "" {
-		t.Skip("KUBECONFIG is not set; scripts/check-argocd.sh runs this against the test control plane")
+	// Only the throwaway test cluster: this installs and deletes CRDs. An
+	// ambient KUBECONFIG may point at a real cluster.
+	kubeconfig := os.Getenv("PAYFLOW_TEST_KUBECONFIG")
+	if kubeconfig == "" {
+		t.Skip("PAYFLOW_TEST_KUBECONFIG is not set; scripts/check-argocd.sh runs this against the test control plane")
 	}
+	t.Setenv("KUBECONFIG", kubeconfig)
 	repo := repoRoot(t)
 	argoDir := argoModuleDir(t)
 

@@ -10,5 +10,6 @@
 //     AppProject, options that protect the CRD and the data volumes.
 //   - cluster_test.go installs Argo CD's own CRDs (from the pinned Argo CD Go
 //     module) into the test control plane and server-side dry-runs our
-//     objects against them; it needs KUBECONFIG (scripts/check-argocd.sh).
+//     objects against them; it runs only with PAYFLOW_TEST_KUBECONFIG set
+//     (scripts/testcluster.sh env, scripts/check-argocd.sh).
 package argocdcheck
