@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use payflow_messaging::{connect_with_retry, AmqpArgs, Message, Publisher, Topology};
-use prometheus::{Gauge, IntCounter, IntGauge};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -26,6 +26,11 @@ pub struct RelayMetrics {
     pub lag_seconds: Gauge,
     pub pending_count: IntGauge,
     pub pending_amount: IntGauge,
+    pub pending_oldest_age: Gauge,
+    /// Totals of the reversal runs, read back from `txn.reversal_stats`.
+    pub reversal_runs: IntCounter,
+    pub reversals: IntCounterVec,
+    pub reversal_last_run: Gauge,
 }
 
 impl RelayMetrics {
@@ -38,11 +43,31 @@ impl RelayMetrics {
                 "payflow_pending_amount_minor",
                 "Money in transactions not yet COMPLETED or FAILED, in minor units",
             )?,
+            pending_oldest_age: Gauge::new(
+                "payflow_pending_oldest_age_seconds",
+                "Age of the oldest transaction not yet COMPLETED or FAILED (0 when none)",
+            )?,
+            reversal_runs: IntCounter::new("payflow_reversal_runs_total", "Reversal runs (payflow reverse-pending)")?,
+            reversals: IntCounterVec::new(
+                Opts::new("payflow_reversal_transactions_total", "Transactions the reversal finished, by outcome"),
+                &["outcome"],
+            )?,
+            reversal_last_run: Gauge::new(
+                "payflow_reversal_last_run_timestamp_seconds",
+                "Unix time of the last reversal run (0 before the first)",
+            )?,
         };
+        for outcome in ["failed", "completed"] {
+            r.reversals.with_label_values(&[outcome]);
+        }
         m.register(Box::new(r.published.clone()));
         m.register(Box::new(r.lag_seconds.clone()));
         m.register(Box::new(r.pending_count.clone()));
         m.register(Box::new(r.pending_amount.clone()));
+        m.register(Box::new(r.pending_oldest_age.clone()));
+        m.register(Box::new(r.reversal_runs.clone()));
+        m.register(Box::new(r.reversals.clone()));
+        m.register(Box::new(r.reversal_last_run.clone()));
         Ok(r)
     }
 }
@@ -150,7 +175,16 @@ async fn publish_batch(
     Ok(ids.len())
 }
 
-/// Gauges and retention: pending count and amount every few seconds; old
+/// Moves a counter up to a total kept elsewhere (never down: counters only grow).
+fn catch_up(counter: &IntCounter, total: i64) {
+    let total = u64::try_from(total).unwrap_or(0);
+    if total > counter.get() {
+        counter.inc_by(total - counter.get());
+    }
+}
+
+/// Gauges and retention: pending count, amount and oldest age, and the reversal totals
+/// (from `txn.reversal_stats`), every few seconds; old
 /// outbox rows and idempotency records (kept 48 h, at least the promised 24 h) hourly.
 pub async fn housekeeping(pool: PgPool, metrics: RelayMetrics, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -160,15 +194,29 @@ pub async fn housekeeping(pool: PgPool, metrics: RelayMetrics, cancel: Cancellat
             _ = tick.tick() => {}
             _ = cancel.cancelled() => return,
         }
-        let pending: Result<(i64, i64), _> = sqlx::query_as(
-            "SELECT count(*), COALESCE(sum(amount), 0)::bigint FROM txn.transactions \
+        let pending: Result<(i64, i64, f64), _> = sqlx::query_as(
+            "SELECT count(*), COALESCE(sum(amount), 0)::bigint, \
+             COALESCE(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM txn.transactions \
              WHERE status IN ('PENDING', 'PROCESSING')",
         )
         .fetch_one(&pool)
         .await;
-        if let Ok((count, amount)) = pending {
+        if let Ok((count, amount, oldest)) = pending {
             metrics.pending_count.set(count);
             metrics.pending_amount.set(amount);
+            metrics.pending_oldest_age.set(oldest);
+        }
+        let stats: Result<(i64, i64, i64, f64), _> = sqlx::query_as(
+            "SELECT runs, failed, completed, COALESCE(extract(epoch FROM last_run_at), 0)::float8 \
+             FROM txn.reversal_stats",
+        )
+        .fetch_one(&pool)
+        .await;
+        if let Ok((runs, failed, completed, last_run)) = stats {
+            catch_up(&metrics.reversal_runs, runs);
+            catch_up(&metrics.reversals.with_label_values(&["failed"]), failed);
+            catch_up(&metrics.reversals.with_label_values(&["completed"]), completed);
+            metrics.reversal_last_run.set(last_run);
         }
         if n.is_multiple_of(720) {
             let outbox = sqlx::query("DELETE FROM txn.outbox WHERE published_at < now() - interval '1 hour'")

@@ -88,6 +88,14 @@ pub async fn reverse(
             break;
         }
     }
+    sqlx::query(
+        "UPDATE txn.reversal_stats SET runs = runs + 1, failed = failed + $1, completed = completed + $2, \
+         last_run_at = now()",
+    )
+    .bind(report.reversed as i64)
+    .bind(report.completed as i64)
+    .execute(pool)
+    .await?;
     tracing::info!(?report, "reversal finished");
     Ok(report)
 }

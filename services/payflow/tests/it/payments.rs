@@ -320,6 +320,8 @@ async fn the_reversal_racing_a_worker_settles_each_transaction_once() {
     // Scoped to this test's sender: other tests' transactions are not ours to reverse.
     let senders = [Uuid::parse_str(&a.id).expect("id")];
     let topology = s.txn_cfg.amqp.topology();
+    let (runs_before, failed_before): (i64, i64) =
+        sqlx::query_as("SELECT runs, failed FROM txn.reversal_stats").fetch_one(&s.pool).await.expect("stats");
     let (r1, r2) = tokio::join!(
         payflow_transaction::reversal::reverse(&s.pool, &wallet, &topology, Duration::ZERO, 7, Some(&senders)),
         payflow_transaction::reversal::reverse(&s.pool, &wallet, &topology, Duration::ZERO, 5, Some(&senders))
@@ -339,4 +341,32 @@ async fn the_reversal_racing_a_worker_settles_each_transaction_once() {
             .expect("count");
     assert_eq!(w["balance"], format!("{}.00", 1000 - completed), "only completed ones moved");
     assert_eq!(w["available_balance"], w["balance"], "no hold left behind");
+
+    // The runs reach the transaction service's metrics (read back from Postgres every 5 s).
+    // Other tests may run reversals too, so the totals grow by at least ours.
+    let reversed = (failed_before as u64 + r1.reversed + r2.reversed) as f64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = s.http.get(format!("{}/metrics", s.transaction)).send().await.expect("scrape");
+        let text = text.text().await.expect("metrics");
+        // Lines look like `name{outcome="failed",service="transaction"} 24`.
+        let value = |name: &str, label: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(name) && l.contains(label))
+                .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(-1.0)
+        };
+        let runs = value("payflow_reversal_runs_total{", "");
+        let failed = value("payflow_reversal_transactions_total{", "outcome=\"failed\"");
+        let last = value("payflow_reversal_last_run_timestamp_seconds{", "");
+        if runs >= runs_before as f64 + 2.0
+            && failed >= reversed
+            && last > 0.0
+            && text.contains("payflow_pending_oldest_age_seconds")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "reversal metrics: runs {runs}, failed {failed}, last {last}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
