@@ -251,6 +251,7 @@ async fn apply(pf: &PayFlow, ctx: &Context) -> Result<Action> {
     let job_name = desired::migration_job_name(pf, &names);
     let migration = jobs.get_opt(&job_name).await?;
     let migrated = migration.as_ref().and_then(|j| j.status.as_ref()).and_then(|s| s.succeeded).unwrap_or(0) > 0;
+    let migration_failure = migration.as_ref().and_then(job_failure);
     let inputs = Inputs { credentials, external, migrated };
 
     let wanted = desired::children(pf, &inputs);
@@ -269,7 +270,7 @@ async fn apply(pf: &PayFlow, ctx: &Context) -> Result<Action> {
     }
     prune(ctx, &ns, &name, &wanted).await?;
 
-    let status = observed_status(pf, ctx, &ns, &names, migrated).await?;
+    let status = observed_status(pf, ctx, &ns, &names, migrated, migration_failure).await?;
     let ready = status.phase == "Ready";
     write_status(pf, ctx, status).await?;
     Ok(Action::requeue(if ready { IDLE_REQUEUE } else { PROGRESS_REQUEUE }))
@@ -354,10 +355,12 @@ async fn observed_status(
     ns: &str,
     names: &Names<'_>,
     migrated: bool,
+    migration_failure: Option<String>,
 ) -> Result<PayFlowStatus> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let mut components = BTreeMap::new();
     let mut all_ready = migrated;
+    let mut failures: Vec<String> = migration_failure.into_iter().collect();
     for c in COMPONENTS.iter() {
         let d = deployments.get_opt(&names.of(c.name)).await?;
         let desired = d.as_ref().and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(0);
@@ -368,8 +371,12 @@ async fn observed_status(
         if d.is_none() || !observed || ready < desired || updated < desired {
             all_ready = false;
         }
+        if let Some(stuck) = st.and_then(deadline_exceeded) {
+            failures.push(format!("{}: {stuck}", c.name));
+        }
         components.insert(c.name.to_string(), ComponentStatus { ready, desired });
     }
+    let degraded = !failures.is_empty();
     let cronjobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), ns);
     let reversal = cronjobs.get_opt(&names.of("reversal")).await?.and_then(|c| c.status).map(|s| ReversalStatus {
         last_schedule_time: s.last_schedule_time.map(|t| t.0.to_string()),
@@ -381,6 +388,8 @@ async fn observed_status(
     let old = pf.status.clone().unwrap_or_default();
     let (phase, reason, message) = if all_ready {
         ("Ready", "AllComponentsReady", "Every component is ready".to_string())
+    } else if degraded {
+        ("Degraded", "Failing", failures.join("; "))
     } else if !migrated {
         ("Progressing", "Migrating", format!("Waiting for the migration of version {}", pf.spec.version))
     } else {
@@ -394,7 +403,11 @@ async fn observed_status(
         &[
             Wanted { kind: "Ready", status: all_ready, reason, message: message.clone() },
             Wanted { kind: "Progressing", status: !all_ready, reason, message },
-            Wanted { kind: "Degraded", status: false, reason: "NoErrors", message: String::new() },
+            if degraded {
+                Wanted { kind: "Degraded", status: true, reason: "Failing", message: failures.join("; ") }
+            } else {
+                Wanted { kind: "Degraded", status: false, reason: "NoErrors", message: String::new() }
+            },
             Wanted {
                 kind: "Fallback",
                 status: fallback,
@@ -414,6 +427,24 @@ async fn observed_status(
         worker,
         reversal,
     })
+}
+
+/// Why a Job failed, if it did (its `Failed` condition).
+fn job_failure(job: &Job) -> Option<String> {
+    let failed =
+        job.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Failed" && c.status == "True")?;
+    let why = failed.message.clone().or_else(|| failed.reason.clone()).unwrap_or_default();
+    Some(format!("migration job {} failed: {why}", job.metadata.name.as_deref().unwrap_or_default()))
+}
+
+/// A Deployment that stopped progressing (`ProgressDeadlineExceeded`), with its message.
+fn deadline_exceeded(status: &k8s_openapi::api::apps::v1::DeploymentStatus) -> Option<String> {
+    status
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Progressing" && c.status == "False")
+        .map(|c| c.message.clone().or_else(|| c.reason.clone()).unwrap_or_default())
 }
 
 fn old_worker(pf: &PayFlow) -> Option<crate::crd::WorkerStatus> {
@@ -452,4 +483,42 @@ async fn cleanup(pf: &PayFlow, ctx: &Context) -> Result<Action> {
     }
     lock(&ctx.applied).retain(|(n, _, child), _| !(n == &ns && child.starts_with(&format!("{name}-"))));
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod degraded_tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_migration_job_is_a_failure_with_its_message() {
+        let job: Job = serde_json::from_value(json!({
+            "metadata": {"name": "demo-migrate-0-1-0"},
+            "status": {"conditions": [
+                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}
+            ]}
+        }))
+        .expect("job");
+        assert_eq!(
+            job_failure(&job).as_deref(),
+            Some("migration job demo-migrate-0-1-0 failed: Job has reached the specified backoff limit")
+        );
+        let running: Job =
+            serde_json::from_value(json!({"metadata": {"name": "j"}, "status": {"active": 1}})).expect("job");
+        assert_eq!(job_failure(&running), None);
+    }
+
+    #[test]
+    fn only_a_deployment_past_its_progress_deadline_is_a_failure() {
+        let stuck: k8s_openapi::api::apps::v1::DeploymentStatus = serde_json::from_value(json!({"conditions": [
+            {"type": "Available", "status": "False"},
+            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet \"x\" has timed out progressing."}
+        ]}))
+        .expect("status");
+        assert_eq!(deadline_exceeded(&stuck).as_deref(), Some("ReplicaSet \"x\" has timed out progressing."));
+        let rolling: k8s_openapi::api::apps::v1::DeploymentStatus = serde_json::from_value(
+            json!({"conditions": [{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"}]}),
+        )
+        .expect("status");
+        assert_eq!(deadline_exceeded(&rolling), None);
+    }
 }
