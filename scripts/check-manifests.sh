@@ -33,7 +33,6 @@ READY_TIMEOUT="${CHECK_MANIFESTS_READY_TIMEOUT:-120}"
     die "KUBECONFIG is unset: start the test cluster and run eval \"\$(scripts/testcluster.sh env)\" first"
 [[ -r "$KUBECONFIG" ]] || die "KUBECONFIG=$KUBECONFIG is not readable"
 command -v kubectl >/dev/null 2>&1 || die "kubectl not in PATH (eval \"\$(scripts/testcluster.sh env)\" adds it)"
-command -v python3 >/dev/null 2>&1 || die "python3 is needed to read cargo metadata"
 kubectl get --raw /readyz >/dev/null 2>&1 || die "the cluster of $KUBECONFIG does not answer /readyz"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/check-manifests.XXXXXX")"
@@ -114,19 +113,16 @@ check_dockerfile() {
     packages="$(grep -oE -- '(-p|--package)[[:space:]]+[A-Za-z0-9_-]+' <<<"$build" | awk '{print $2}' | sort -u)"
     [[ "$(tr '\n' ' ' <<<"$packages")" == "payflow payflow-operator " ]] ||
         die "Dockerfile: cargo build packages are '$(tr '\n' ' ' <<<"$packages")', expected payflow and payflow-operator"
-    # Each package exists in the workspace and has a binary of its own name.
-    (cd "$ROOT" && cargo metadata --no-deps --format-version 1 --offline) >"$WORK/metadata.json" ||
-        die "cargo metadata failed"
-    # shellcheck disable=SC2086  # one argument per package
-    python3 - "$WORK/metadata.json" $packages <<'EOF' || die "Dockerfile: cargo build names packages or binaries the workspace lacks"
-import json, sys
-meta = json.load(open(sys.argv[1]))
-bins = {p["name"]: {t["name"] for t in p["targets"] if "bin" in t["kind"]} for p in meta["packages"]}
-missing = [n for n in sys.argv[2:] if n not in bins or n not in bins[n]]
-if missing:
-    print("missing package or binary:", *missing, file=sys.stderr)
-    sys.exit(1)
-EOF
+    # Each package exists in the workspace and has a binary of its own name
+    # (cargo writes the fields of a package and of a target in a fixed order).
+    local metadata pkg
+    metadata="$(cd "$ROOT" && cargo metadata --no-deps --format-version 1 --offline)" || die "cargo metadata failed"
+    for pkg in $packages; do
+        grep -qF "\"name\":\"$pkg\",\"version\"" <<<"$metadata" ||
+            die "Dockerfile: cargo build -p $pkg, but the workspace has no package $pkg"
+        grep -qF "\"kind\":[\"bin\"],\"crate_types\":[\"bin\"],\"name\":\"$pkg\"" <<<"$metadata" ||
+            die "Dockerfile: package $pkg has no binary $pkg"
+    done
     local pattern
     for pattern in target .git; do
         grep -qxE "/?${pattern//./\\.}/?" "$ROOT/.dockerignore" || die ".dockerignore does not exclude $pattern/"
@@ -242,8 +238,15 @@ current-context: payflow-operator
 EOF
 }
 
+# A port nothing listens on, below 32768 like the stacks' ports (outside the
+# kernel's range for outgoing connections, so no client socket holds it).
 free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    local port tries
+    for tries in {1..50}; do
+        port=$((20000 + RANDOM % 12000))
+        port_open "$port" || { echo "$port"; return 0; }
+    done
+    die "no free port found in $tries tries"
 }
 
 pf_phase() { kubectl -n "$TEST_NS" get payflow check -o jsonpath='{.status.phase}' 2>/dev/null; }
@@ -366,7 +369,12 @@ EOF
 check_can_i() {
     local ns="$TEST_NS"
     # What it needs.
-    can_i yes watch payflows.payflow.io --all-namespaces
+    # The check runs the operator on one namespace (the cluster is shared);
+    # without --namespace it watches these everywhere.
+    local kind
+    for kind in payflows.payflow.io deployments.apps statefulsets.apps jobs.batch cronjobs.batch configmaps services; do
+        can_i yes watch "$kind" --all-namespaces
+    done
     can_i yes patch payflows.payflow.io --subresource=status -n "$ns"
     can_i yes update payflows.payflow.io --subresource=finalizers -n "$ns"
     can_i yes create secrets -n "$ns"
