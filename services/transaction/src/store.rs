@@ -47,15 +47,62 @@ pub async fn insert_outbox(tx: &mut DbTx<'_, Postgres>, m: OutboxMessage<'_>) ->
 }
 
 /// Records the transaction as PENDING (committed before wallet is asked, so a
-/// crash after the hold leaves a row the reversal finds).
+/// crash after the hold leaves a row the reversal finds), and with it a fresh
+/// Idempotency-Key record: one statement, one round trip, one commit.
+/// `None` when the key is already recorded: `idempotency::begin` says what that means.
+pub async fn insert_pending_fresh(
+    pool: &PgPool,
+    t: &NewTransaction,
+    key: Option<(Uuid, &str, &[u8])>,
+) -> Result<Option<Transaction>, sqlx::Error> {
+    let Some((user, key, fingerprint)) = key else {
+        return insert_pending(pool, t, None).await.map(Some);
+    };
+    sqlx::query_as::<_, Transaction>(&format!(
+        "WITH k AS (INSERT INTO txn.idempotency_keys (user_id, key, fingerprint, transaction_id) \
+                    VALUES ($8, $9, $10, $1) ON CONFLICT DO NOTHING RETURNING 1) \
+         INSERT INTO txn.transactions (id, from_user_id, to_user_id, amount, currency, description, status, correlation_id) \
+         SELECT $1, $2, $3, $4, $5, $6, 'PENDING', $7 WHERE EXISTS (SELECT 1 FROM k) RETURNING {COLUMNS}"
+    ))
+    .bind(t.id)
+    .bind(t.from)
+    .bind(t.to)
+    .bind(t.amount)
+    .bind(&t.currency)
+    .bind(&t.description)
+    .bind(&t.correlation_id)
+    .bind(user)
+    .bind(key)
+    .bind(fingerprint)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Records the transaction as PENDING under an Idempotency-Key record that
+/// already exists (one taken over from an abandoned request).
 pub async fn insert_pending(
     pool: &PgPool,
     t: &NewTransaction,
     idempotency: Option<(Uuid, &str)>,
 ) -> Result<Transaction, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let row = sqlx::query_as::<_, Transaction>(&format!(
-        "INSERT INTO txn.transactions (id, from_user_id, to_user_id, amount, currency, description, status, correlation_id) \
+    let Some((user, key)) = idempotency else {
+        return sqlx::query_as::<_, Transaction>(&format!(
+            "INSERT INTO txn.transactions (id, from_user_id, to_user_id, amount, currency, description, status, correlation_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'PENDING', $7) RETURNING {COLUMNS}"
+        ))
+        .bind(t.id)
+        .bind(t.from)
+        .bind(t.to)
+        .bind(t.amount)
+        .bind(&t.currency)
+        .bind(&t.description)
+        .bind(&t.correlation_id)
+        .fetch_one(pool)
+        .await;
+    };
+    sqlx::query_as::<_, Transaction>(&format!(
+        "WITH k AS (UPDATE txn.idempotency_keys SET transaction_id = $1 WHERE user_id = $8 AND key = $9) \
+         INSERT INTO txn.transactions (id, from_user_id, to_user_id, amount, currency, description, status, correlation_id) \
          VALUES ($1, $2, $3, $4, $5, $6, 'PENDING', $7) RETURNING {COLUMNS}"
     ))
     .bind(t.id)
@@ -65,21 +112,14 @@ pub async fn insert_pending(
     .bind(&t.currency)
     .bind(&t.description)
     .bind(&t.correlation_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    if let Some((user, key)) = idempotency {
-        sqlx::query("UPDATE txn.idempotency_keys SET transaction_id = $3 WHERE user_id = $1 AND key = $2")
-            .bind(user)
-            .bind(key)
-            .bind(t.id)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(row)
+    .bind(user)
+    .bind(key)
+    .fetch_one(pool)
+    .await
 }
 
-/// The hold is placed: enqueue the settle request and remember the answer.
+/// The hold is placed: enqueue the settle request and remember the answer, in
+/// one statement (one round trip, one commit).
 pub async fn accept(
     pool: &PgPool,
     topology: &Topology,
@@ -87,21 +127,27 @@ pub async fn accept(
     idempotency: Option<(Uuid, &str)>,
     response: &Value,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    insert_outbox(
-        &mut tx,
-        OutboxMessage {
-            exchange: &topology.work_exchange(),
-            routing_key: payflow_messaging::topology::SETTLE,
-            body: serde_json::json!({"transactionId": t.id}),
-            correlation_id: t.correlation_id.as_deref().unwrap_or_default(),
-        },
-    )
-    .await?;
-    if let Some((user, key)) = idempotency {
-        complete_idempotency(&mut tx, user, key, 201, response).await?;
+    const OUTBOX: &str = "INSERT INTO txn.outbox (message_id, exchange, routing_key, kind, correlation_id, body) \
+                          VALUES ($1, $2, $3, $3, $4, $5)";
+    let (user, key) = idempotency.unzip();
+    let sql = match idempotency {
+        None => OUTBOX.to_string(),
+        Some(_) => format!(
+            "WITH o AS ({OUTBOX}) UPDATE txn.idempotency_keys \
+             SET response_status = 201, response_body = $8, completed_at = now() WHERE user_id = $6 AND key = $7"
+        ),
+    };
+    let mut q = sqlx::query(&sql)
+        .bind(Uuid::now_v7())
+        .bind(topology.work_exchange())
+        .bind(payflow_messaging::topology::SETTLE)
+        .bind(t.correlation_id.as_deref().unwrap_or_default())
+        .bind(serde_json::json!({"transactionId": t.id}));
+    if idempotency.is_some() {
+        q = q.bind(user).bind(key).bind(response.to_string());
     }
-    tx.commit().await
+    q.execute(pool).await?;
+    Ok(())
 }
 
 /// Wallet refused the hold synchronously: nothing was held, so the row goes

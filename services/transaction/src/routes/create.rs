@@ -138,30 +138,6 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
     let key = idempotency_key(&headers)?;
     let currency = s.currency.code().to_string();
 
-    if let Some(k) = &key {
-        let fp = idempotency::fingerprint(v.to, v.amount, &currency, v.description.as_deref());
-        match idempotency::begin(&s.pool, caller, k, &fp).await? {
-            Begin::Fresh => {}
-            Begin::Replay { status, body } => {
-                s.txn_metrics.replayed.inc();
-                return Ok(json_response(status, body, true));
-            }
-            Begin::Mismatch => {
-                return Err(ApiError::unprocessable(
-                    "idempotency_key_reused",
-                    "Idempotency-Key was already used with a different request",
-                ))
-            }
-            Begin::InFlight => {
-                return Err(ApiError::conflict(
-                    "idempotency_key_in_flight",
-                    "A request with this Idempotency-Key is still being processed",
-                ))
-            }
-            Begin::Resume { transaction_id } => return resume(&s, caller, k, transaction_id).await,
-        }
-    }
-
     let new = NewTransaction {
         id: Uuid::now_v7(),
         from: caller,
@@ -172,11 +148,40 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
         correlation_id,
     };
     let idem = key.as_deref().map(|k| (caller, k));
-    let t = match store::insert_pending(&s.pool, &new, idem).await {
-        Ok(t) => t,
-        Err(e) => {
-            release(&s, caller, key.as_deref()).await;
-            return Err(e.into());
+    let fp = key.as_ref().map(|_| idempotency::fingerprint(v.to, v.amount, &new.currency, new.description.as_deref()));
+    // The common case, a new key (or none), records key and transaction in one statement.
+    let fresh = idem.zip(fp.as_deref()).map(|((user, k), fp)| (user, k, fp));
+    let t = match store::insert_pending_fresh(&s.pool, &new, fresh).await? {
+        Some(t) => t,
+        None => {
+            let (k, fp) = (key.as_deref().unwrap_or_default(), fp.as_deref().unwrap_or_default());
+            match idempotency::begin(&s.pool, caller, k, fp).await? {
+                // An abandoned record taken over: record the transaction under it.
+                Begin::Fresh => match store::insert_pending(&s.pool, &new, idem).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        release(&s, caller, key.as_deref()).await;
+                        return Err(e.into());
+                    }
+                },
+                Begin::Replay { status, body } => {
+                    s.txn_metrics.replayed.inc();
+                    return Ok(json_response(status, body, true));
+                }
+                Begin::Mismatch => {
+                    return Err(ApiError::unprocessable(
+                        "idempotency_key_reused",
+                        "Idempotency-Key was already used with a different request",
+                    ))
+                }
+                Begin::InFlight => {
+                    return Err(ApiError::conflict(
+                        "idempotency_key_in_flight",
+                        "A request with this Idempotency-Key is still being processed",
+                    ))
+                }
+                Begin::Resume { transaction_id } => return resume(&s, caller, k, transaction_id).await,
+            }
         }
     };
     match s.wallet.hold(t.id, t.from_user_id, t.to_user_id, t.amount, &t.currency, &new.correlation_id).await {
