@@ -256,6 +256,7 @@ worker_replicas() { kubectl -n "$TEST_NS" get deployment check-worker -o jsonpat
 worker_scaled() { [[ "$(worker_replicas)" == 2 ]]; }
 exists() { kubectl -n "$TEST_NS" get "$1" >/dev/null 2>&1; }
 absent() { ! exists "$1"; }
+statefulset_ready() { [[ "$(kubectl -n "$TEST_NS" get statefulset "$1" -o jsonpath='{.status.readyReplicas}' 2>/dev/null)" == 1 ]]; }
 no_pvcs() { [[ -z "$(kubectl -n "$TEST_NS" get pvc -o name 2>/dev/null)" ]]; }
 has_pvcs() { [[ -n "$(kubectl -n "$TEST_NS" get pvc -o name 2>/dev/null)" ]]; }
 event_reasons() {
@@ -271,6 +272,9 @@ run_operator() {
         (cd "$ROOT" && cargo build -q -p payflow-operator) || die "cargo build -p payflow-operator failed"
     fi
     kubectl create namespace "$TEST_NS" >/dev/null
+    # As manifests/payflow's namespace: Pod Security admission refuses any pod of the
+    # operator's (components, Jobs, data StatefulSets) that is not `restricted`.
+    kubectl label namespace "$TEST_NS" pod-security.kubernetes.io/enforce=restricted >/dev/null
     write_sa_kubeconfig
     port="$(free_port)"
     # payflow_operator=debug: event publishing failures are logged at debug.
@@ -307,6 +311,12 @@ EOF
     wait_for -t 10 exists poddisruptionbudget/check-gateway || die "no PodDisruptionBudget check-gateway"
     wait_for -t 30 has_pvcs || die "no PersistentVolumeClaims for the managed data services"
     log "scaled through /scale, Ingress and PDB applied, volumes claimed"
+    local sts
+    for sts in postgres redis rabbitmq; do
+        wait_for -t 60 statefulset_ready "check-$sts" ||
+            die "StatefulSet check-$sts has no ready pod (refused by restricted Pod Security?): $(kubectl -n "$TEST_NS" get events --field-selector involvedObject.name="check-$sts" -o jsonpath='{.items[*].message}' 2>/dev/null)"
+    done
+    log "managed Postgres, Redis and RabbitMQ pods admitted under restricted Pod Security and Ready"
 
     kubectl -n "$TEST_NS" patch payflow check --type=json \
         -p '[{"op":"remove","path":"/spec/gateway/ingress"},{"op":"replace","path":"/spec/gateway/replicas","value":1}]' \

@@ -197,7 +197,8 @@ pub fn container_security() -> Value {
 }
 
 pub fn pod_security() -> Value {
-    json!({"runAsNonRoot": true, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001})
+    // 65532: the image's own non-root user (distroless `nonroot`).
+    json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532})
 }
 
 pub fn image(pf: &PayFlow) -> String {

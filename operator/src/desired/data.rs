@@ -60,6 +60,9 @@ fn env(m: &Managed, names: &Names) -> Value {
     }
 }
 
+/// The uid and gid of the server user in the official data images.
+const DATA_UID: i64 = 999;
+
 fn statefulset(m: &Managed, spec: &DataServiceSpec, names: &Names, owner: &Value) -> Child {
     let name = names.of(m.name);
     let mut ports = vec![json!({"name": "main", "containerPort": m.port})];
@@ -73,17 +76,17 @@ fn statefulset(m: &Managed, spec: &DataServiceSpec, names: &Names, owner: &Value
     if let Some(class) = &spec.storage_class {
         claim_spec["storageClassName"] = json!(class);
     }
-    // The data images run as their own users; keep the restricted profile
-    // but let them pick the uid they were built for.
+    // The official postgres, redis and rabbitmq images run their servers as uid/gid 999 and
+    // start as root only to chown their data and drop to it. Starting as 999 directly keeps the
+    // restricted profile (no capabilities needed); fsGroup makes the volume writable for it.
     let mut pod_sec = pod_security();
     if let Some(o) = pod_sec.as_object_mut() {
-        o.remove("runAsUser");
-        o.remove("runAsGroup");
-        o.insert("runAsNonRoot".into(), json!(m.name != "postgres"));
+        for key in ["runAsUser", "runAsGroup", "fsGroup"] {
+            o.insert(key.into(), json!(DATA_UID));
+        }
     }
     let mut container_sec = container_security();
     container_sec["readOnlyRootFilesystem"] = json!(false);
-    container_sec["runAsNonRoot"] = json!(m.name != "postgres");
     let obj = json!({
         "metadata": {"name": name, "labels": names.labels(m.name)},
         "spec": {
