@@ -36,7 +36,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 STEP=0
-TOTAL=7
+TOTAL=9
 # step TITLE CMD...: print a heading, run CMD, report elapsed time; stop the
 # whole run on failure with CMD's exit code.
 step() {
@@ -77,3 +77,7 @@ step "cargo test (alone: RabbitMQ restart)" \
     cargo test -p payflow --test it --locked -- --ignored --test-threads=1
 step "cargo test (operator on the test cluster)" \
     cargo test -p payflow-operator --test cluster --locked -- --ignored --test-threads=2
+# The shipped bundle: the image's shape, kustomize renders, server-side dry runs, and the
+# operator under its own RBAC (uses the debug operator the step above built).
+step "Kubernetes bundle (Dockerfile shape, kustomize, dry-run, operator RBAC)" "$PAYFLOW_SCRIPTS/check-manifests.sh"
+step "Argo CD bundle (health Lua, Applications vs Argo CD's CRDs)" "$PAYFLOW_SCRIPTS/check-argocd.sh"
