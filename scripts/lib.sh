@@ -32,6 +32,7 @@ PAYFLOW_STACK_APT_PACKAGES=(
     rabbitmq-server
     etcd-server
     curl ca-certificates
+    prometheus python3-yaml
 )
 
 log() { printf '[%s] %s\n' "${PAYFLOW_LOG_TAG:-payflow}" "$*" >&2; }
