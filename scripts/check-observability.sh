@@ -110,7 +110,7 @@ log "static checks: rules and dashboards"
 "${CHECK[@]}" static
 
 log "building payflow and payflow-operator"
-(cd "$PAYFLOW_ROOT" && cargo build -q -p payflow -p payflow-operator)
+(cd "$PAYFLOW_ROOT" && cargo build -q --locked -p payflow -p payflow-operator)
 
 # Free ports, all at once so they differ from each other.
 read -r P_GATEWAY P_AUTH P_WALLET P_TXN P_NOTIFY P_WORKER P_OPERATOR P_PROM < <("$PY" -c '
