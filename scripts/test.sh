@@ -36,7 +36,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 STEP=0
-TOTAL=9
+TOTAL=10
 # step TITLE CMD...: print a heading, run CMD, report elapsed time; stop the
 # whole run on failure with CMD's exit code.
 step() {
@@ -81,3 +81,5 @@ step "cargo test (operator on the test cluster)" \
 # operator under its own RBAC (uses the debug operator the step above built).
 step "Kubernetes bundle (Dockerfile shape, kustomize, dry-run, operator RBAC)" "$PAYFLOW_SCRIPTS/check-manifests.sh"
 step "Argo CD bundle (health Lua, Applications vs Argo CD's CRDs)" "$PAYFLOW_SCRIPTS/check-argocd.sh"
+step "Grafana dashboards and alert rules (promtool, exported metrics, queries on a real Prometheus)" \
+    "$PAYFLOW_SCRIPTS/check-observability.sh"

@@ -37,23 +37,23 @@ impl Metrics {
             status_writes: IntCounter::new("payflow_operator_status_writes_total", "Status updates written")?,
             queue_depth: prometheus::IntGaugeVec::new(
                 Opts::new("payflow_operator_scaler_queue_depth", "Ready plus unacknowledged settle messages"),
-                &["payflow"],
+                &["payflow_namespace", "payflow"],
             )?,
             desired_workers: prometheus::IntGaugeVec::new(
                 Opts::new("payflow_operator_scaler_desired_replicas", "Worker replicas the scaler decided"),
-                &["payflow"],
+                &["payflow_namespace", "payflow"],
             )?,
             fallback: prometheus::IntGaugeVec::new(
                 Opts::new("payflow_operator_scaler_fallback", "1 while the scaler runs the fallback count"),
-                &["payflow"],
+                &["payflow_namespace", "payflow"],
             )?,
             decisions: IntCounterVec::new(
                 Opts::new("payflow_operator_scaler_decisions_total", "Scaler decisions by reason"),
-                &["payflow", "reason"],
+                &["payflow_namespace", "payflow", "reason"],
             )?,
             current_workers: prometheus::IntGaugeVec::new(
                 Opts::new("payflow_operator_scaler_current_replicas", "Worker replicas when the scaler last looked"),
-                &["payflow"],
+                &["payflow_namespace", "payflow"],
             )?,
             leader: prometheus::IntGauge::new(
                 "payflow_operator_leader",
@@ -101,22 +101,22 @@ impl Metrics {
         self.leader.set(i64::from(leading));
     }
 
+    /// Labelled `payflow_namespace` (not `namespace`, which Prometheus gives the scraped target:
+    /// the operator's own namespace) and `payflow`, the PayFlow's name.
     pub fn scaler_decision(
         &self,
+        namespace: &str,
         payflow: &str,
-        depth: Option<u64>,
         current: u32,
-        desired: u32,
-        reason: &str,
-        fallback: bool,
+        d: &crate::scaler::algorithm::Decision,
     ) {
-        if let Some(d) = depth {
-            self.queue_depth.with_label_values(&[payflow]).set(d as i64);
+        if let Some(depth) = d.depth {
+            self.queue_depth.with_label_values(&[namespace, payflow]).set(depth as i64);
         }
-        self.desired_workers.with_label_values(&[payflow]).set(i64::from(desired));
-        self.current_workers.with_label_values(&[payflow]).set(i64::from(current));
-        self.fallback.with_label_values(&[payflow]).set(i64::from(fallback));
-        self.decisions.with_label_values(&[payflow, reason]).inc();
+        self.desired_workers.with_label_values(&[namespace, payflow]).set(i64::from(d.desired));
+        self.current_workers.with_label_values(&[namespace, payflow]).set(i64::from(current));
+        self.fallback.with_label_values(&[namespace, payflow]).set(i64::from(d.fallback));
+        self.decisions.with_label_values(&[namespace, payflow, d.reason.as_str()]).inc();
     }
 
     pub fn render(&self) -> String {

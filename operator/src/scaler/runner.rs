@@ -148,14 +148,7 @@ async fn scale_one(
         tracing::warn!(payflow = %name, error = %e, "cannot read the queue depth");
     }
     let decision = scaler.evaluate(now, depth, current);
-    ctx.metrics.scaler_decision(
-        &name,
-        decision.depth,
-        current,
-        decision.desired,
-        decision.reason.as_str(),
-        decision.fallback,
-    );
+    ctx.metrics.scaler_decision(&ns, &name, current, &decision);
     let mut status = WorkerStatus {
         queue_depth: decision.depth.map(|d| d as i64),
         current_replicas: current as i32,

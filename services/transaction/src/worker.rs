@@ -13,6 +13,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::FieldTable;
 use payflow_common::health::Readiness;
 use payflow_common::metrics::{Metrics, LATENCY_BUCKETS};
+
 use payflow_common::server::{self, ServiceInfo};
 use payflow_messaging::{connect_with_retry, Incoming, Message, Publisher, Topology};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts};
@@ -53,7 +54,8 @@ impl WorkerMetrics {
             )?,
             settle_seconds: Histogram::with_opts(
                 HistogramOpts::new("payflow_settle_duration_seconds", "Time from accept to final status")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    // Past the request latencies up to minutes, so a backlog shows as what it is.
+                    .buckets([LATENCY_BUCKETS, &[30.0, 60.0, 120.0, 300.0]].concat()),
             )?,
             batch_size: Histogram::with_opts(
                 HistogramOpts::new("payflow_worker_batch_size", "Messages settled per database transaction")
