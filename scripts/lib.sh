@@ -23,8 +23,9 @@ export GOPATH="${GOPATH:-$HOME/.cache/payflow/go/path}"
 export GOMODCACHE="${GOMODCACHE:-$HOME/.cache/payflow/go/mod}"
 export GOCACHE="${GOCACHE:-$HOME/.cache/payflow/go/build}"
 
-# OS packages the local stack needs. etcd-server is installed already for the
-# next milestones even though stack.sh does not start it yet.
+# OS packages the scripts need: the local stack's servers, etcd for the test
+# cluster (scripts/testcluster.sh), Prometheus/promtool and PyYAML for
+# scripts/check-observability.sh. Their own system services are never started.
 # shellcheck disable=SC2034  # used by the scripts that source this file
 PAYFLOW_STACK_APT_PACKAGES=(
     postgresql-15 postgresql-client-15
