@@ -46,6 +46,23 @@ pub async fn insert_outbox(tx: &mut DbTx<'_, Postgres>, m: OutboxMessage<'_>) ->
     Ok(())
 }
 
+type PendingInsert<'q> = sqlx::query::QueryAs<'q, Postgres, Transaction, sqlx::postgres::PgArguments>;
+
+const INSERT_PENDING: &str =
+    "INSERT INTO txn.transactions (id, from_user_id, to_user_id, amount, currency, description, status, correlation_id)";
+
+/// A PENDING insert (`sql`) with `$1`..`$7` bound to the new transaction.
+fn pending_insert<'q>(sql: &'q str, t: &'q NewTransaction) -> PendingInsert<'q> {
+    sqlx::query_as(sql)
+        .bind(t.id)
+        .bind(t.from)
+        .bind(t.to)
+        .bind(t.amount)
+        .bind(&t.currency)
+        .bind(&t.description)
+        .bind(&t.correlation_id)
+}
+
 /// Records the transaction as PENDING (committed before wallet is asked, so a
 /// crash after the hold leaves a row the reversal finds), and with it a fresh
 /// Idempotency-Key record: one statement, one round trip, one commit.
@@ -58,64 +75,32 @@ pub async fn insert_pending_fresh(
     let Some((user, key, fingerprint)) = key else {
         return insert_pending(pool, t, None).await.map(Some);
     };
-    sqlx::query_as::<_, Transaction>(&format!(
+    let sql = format!(
         "WITH k AS (INSERT INTO txn.idempotency_keys (user_id, key, fingerprint, transaction_id) \
                     VALUES ($8, $9, $10, $1) ON CONFLICT DO NOTHING RETURNING 1) \
-         INSERT INTO txn.transactions (id, from_user_id, to_user_id, amount, currency, description, status, correlation_id) \
-         SELECT $1, $2, $3, $4, $5, $6, 'PENDING', $7 WHERE EXISTS (SELECT 1 FROM k) RETURNING {COLUMNS}"
-    ))
-    .bind(t.id)
-    .bind(t.from)
-    .bind(t.to)
-    .bind(t.amount)
-    .bind(&t.currency)
-    .bind(&t.description)
-    .bind(&t.correlation_id)
-    .bind(user)
-    .bind(key)
-    .bind(fingerprint)
-    .fetch_optional(pool)
-    .await
+         {INSERT_PENDING} SELECT $1, $2, $3, $4, $5, $6, 'PENDING', $7 WHERE EXISTS (SELECT 1 FROM k) \
+         RETURNING {COLUMNS}"
+    );
+    pending_insert(&sql, t).bind(user).bind(key).bind(fingerprint).fetch_optional(pool).await
 }
 
-/// Records the transaction as PENDING under an Idempotency-Key record that
-/// already exists (one taken over from an abandoned request).
+/// Records the transaction as PENDING, under an Idempotency-Key record that
+/// already exists (one taken over from an abandoned request) when given.
 pub async fn insert_pending(
     pool: &PgPool,
     t: &NewTransaction,
     idempotency: Option<(Uuid, &str)>,
 ) -> Result<Transaction, sqlx::Error> {
+    const VALUES: &str = "VALUES ($1, $2, $3, $4, $5, $6, 'PENDING', $7)";
     let Some((user, key)) = idempotency else {
-        return sqlx::query_as::<_, Transaction>(&format!(
-            "INSERT INTO txn.transactions (id, from_user_id, to_user_id, amount, currency, description, status, correlation_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'PENDING', $7) RETURNING {COLUMNS}"
-        ))
-        .bind(t.id)
-        .bind(t.from)
-        .bind(t.to)
-        .bind(t.amount)
-        .bind(&t.currency)
-        .bind(&t.description)
-        .bind(&t.correlation_id)
-        .fetch_one(pool)
-        .await;
+        let sql = format!("{INSERT_PENDING} {VALUES} RETURNING {COLUMNS}");
+        return pending_insert(&sql, t).fetch_one(pool).await;
     };
-    sqlx::query_as::<_, Transaction>(&format!(
+    let sql = format!(
         "WITH k AS (UPDATE txn.idempotency_keys SET transaction_id = $1 WHERE user_id = $8 AND key = $9) \
-         INSERT INTO txn.transactions (id, from_user_id, to_user_id, amount, currency, description, status, correlation_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'PENDING', $7) RETURNING {COLUMNS}"
-    ))
-    .bind(t.id)
-    .bind(t.from)
-    .bind(t.to)
-    .bind(t.amount)
-    .bind(&t.currency)
-    .bind(&t.description)
-    .bind(&t.correlation_id)
-    .bind(user)
-    .bind(key)
-    .fetch_one(pool)
-    .await
+         {INSERT_PENDING} {VALUES} RETURNING {COLUMNS}"
+    );
+    pending_insert(&sql, t).bind(user).bind(key).fetch_one(pool).await
 }
 
 /// The hold is placed: enqueue the settle request and remember the answer, in

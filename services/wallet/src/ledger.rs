@@ -106,6 +106,9 @@ pub enum Outcome<T> {
 const MAX_ATTEMPTS: u32 = 8;
 
 /// Runs `op` again on deadlocks, serialization failures and [`LedgerError::Retry`].
+/// SQLSTATE raised by `wallet.hold` when the available balance is too low.
+const INSUFFICIENT_FUNDS: &str = "PF001";
+
 async fn retrying<T, F, Fut>(mut op: F) -> Result<T, LedgerError>
 where
     F: FnMut() -> Fut,
@@ -231,48 +234,34 @@ pub async fn create_pending(pool: &PgPool, new: &NewTransfer) -> Result<Outcome<
     if new.from == new.to {
         return Err(LedgerError::SameAccount);
     }
+    // One call of wallet.hold (migrations/0002_hold_function.sql): one round trip, one commit.
     let created = retrying(|| async {
-        let mut tx = pool.begin().await?;
-        let accounts: Vec<(Uuid, Option<Uuid>, String)> = sqlx::query_as(
-            "SELECT id, user_id, currency::text FROM wallet.accounts WHERE user_id = ANY($1)",
-        )
-        .bind(vec![new.from.0, new.to.0])
-        .fetch_all(&mut *tx)
-        .await?;
-        let find = |u: UserId| accounts.iter().find(|a| a.1 == Some(u.0));
-        let debit = find(new.from).ok_or(LedgerError::SenderNotFound)?;
-        let credit = find(new.to).ok_or(LedgerError::RecipientNotFound)?;
-        if debit.2 != new.currency.code() || credit.2 != new.currency.code() {
-            return Err(LedgerError::CurrencyMismatch);
+        let row: (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+            sqlx::query_as("SELECT outcome, created_at, timeout_at FROM wallet.hold($1, $2, $3, $4, $5, $6)")
+                .bind(new.id.0)
+                .bind(new.from.0)
+                .bind(new.to.0)
+                .bind(new.amount)
+                .bind(new.currency.code())
+                .bind(new.timeout.as_secs_f64())
+                .fetch_one(pool)
+                .await
+                .map_err(|e| match &e {
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some(INSUFFICIENT_FUNDS) => {
+                        LedgerError::InsufficientFunds
+                    }
+                    _ => LedgerError::Db(e),
+                })?;
+        match row {
+            (outcome, Some(created_at), timeout_at) if outcome == "created" => Ok(Some((created_at, timeout_at))),
+            (outcome, ..) => match outcome.as_str() {
+                "exists" => Ok(None),
+                "sender_not_found" => Err(LedgerError::SenderNotFound),
+                "recipient_not_found" => Err(LedgerError::RecipientNotFound),
+                "currency_mismatch" => Err(LedgerError::CurrencyMismatch),
+                other => Err(LedgerError::Db(sqlx::Error::Protocol(format!("wallet.hold answered {other:?}")))),
+            },
         }
-        let inserted: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "INSERT INTO wallet.transfers (id, kind, debit_account_id, credit_account_id, amount, currency, state, timeout_at) \
-             VALUES ($1, 'payment', $2, $3, $4, $5, 'pending', now() + make_interval(secs => $6)) \
-             ON CONFLICT (id) DO NOTHING RETURNING created_at, timeout_at",
-        )
-        .bind(new.id.0)
-        .bind(debit.0)
-        .bind(credit.0)
-        .bind(new.amount)
-        .bind(new.currency.code())
-        .bind(new.timeout.as_secs_f64())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(times) = inserted else { return Ok(None) };
-        let held = sqlx::query(
-            "UPDATE wallet.accounts SET pending_debits = pending_debits + $2, updated_at = now() \
-             WHERE id = $1 AND balance - pending_debits >= $2",
-        )
-        .bind(debit.0)
-        .bind(new.amount)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if held == 0 {
-            return Err(LedgerError::InsufficientFunds);
-        }
-        tx.commit().await?;
-        Ok(Some(times))
     })
     .await?;
     // Created now: everything is known, no need to read it back (this is every accept's path).
