@@ -79,45 +79,30 @@ pub async fn record_event(
     kind: &str,
     new: &[NewNotification],
 ) -> sqlx::Result<Recorded> {
-    let mut tx = pool.begin().await?;
-    let first = sqlx::query(
-        "INSERT INTO notify.processed_messages (message_id, kind) VALUES ($1, $2) \
-         ON CONFLICT (message_id) DO NOTHING",
-    )
+    // One statement (one round trip, one commit): the processed-message guard, and the
+    // notifications only when the guard row is new. No conflict target on the notifications:
+    // either unique guard (per event, per transaction) turns a repeat into "nothing inserted".
+    let rows = sqlx::query(&format!(
+        "WITH first AS (INSERT INTO notify.processed_messages (message_id, kind) VALUES ($1, $2) \
+                        ON CONFLICT (message_id) DO NOTHING RETURNING 1) \
+         INSERT INTO notify.notifications (id, event_id, user_id, type, message, transaction_id, occurred_at) \
+         SELECT n.id, $1, n.user_id, n.type, n.message, n.transaction_id, n.occurred_at \
+         FROM UNNEST($3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::uuid[], $8::timestamptz[]) \
+              AS n(id, user_id, type, message, transaction_id, occurred_at) \
+         WHERE EXISTS (SELECT 1 FROM first) \
+         ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
+    ))
     .bind(message_id)
     .bind(kind)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if !first {
-        tx.rollback().await?;
-        return Ok(Recorded::Duplicate);
-    }
-    let mut stored = Vec::with_capacity(new.len());
-    for n in new {
-        // No conflict target: either unique guard (per event, per
-        // transaction) turns a repeat into "nothing inserted".
-        let row = sqlx::query(&format!(
-            "INSERT INTO notify.notifications \
-             (id, event_id, user_id, type, message, transaction_id, occurred_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
-        ))
-        .bind(Uuid::now_v7())
-        .bind(message_id)
-        .bind(n.user_id)
-        .bind(n.kind.as_str())
-        .bind(&n.message)
-        .bind(n.transaction_id)
-        .bind(n.occurred_at)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = row {
-            stored.push(from_row(&row)?);
-        }
-    }
-    tx.commit().await?;
+    .bind(new.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
+    .bind(new.iter().map(|n| n.user_id.0).collect::<Vec<_>>())
+    .bind(new.iter().map(|n| n.kind.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|n| n.message.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|n| n.transaction_id).collect::<Vec<_>>())
+    .bind(new.iter().map(|n| n.occurred_at).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await?;
+    let stored = rows.iter().map(from_row).collect::<sqlx::Result<Vec<_>>>()?;
     Ok(if stored.is_empty() { Recorded::Duplicate } else { Recorded::Stored(stored) })
 }
 
@@ -191,21 +176,20 @@ impl DeliveryResult {
 /// Longest error text kept per delivery attempt.
 const MAX_ERROR_CHARS: usize = 1000;
 
-pub async fn record_delivery(
-    pool: &PgPool,
-    notification_id: Uuid,
-    channel: &str,
-    result: &DeliveryResult,
-) -> sqlx::Result<()> {
-    let error = result.error().map(|e| e.chars().take(MAX_ERROR_CHARS).collect::<String>());
+/// Records delivery attempts (notification, channel, result), all in one statement.
+pub async fn record_deliveries(pool: &PgPool, attempts: &[(Uuid, &str, DeliveryResult)]) -> sqlx::Result<()> {
+    if attempts.is_empty() {
+        return Ok(());
+    }
+    let error = |r: &DeliveryResult| r.error().map(|e| e.chars().take(MAX_ERROR_CHARS).collect::<String>());
     sqlx::query(
         "INSERT INTO notify.deliveries (notification_id, channel, result, error) \
-         VALUES ($1, $2, $3, $4)",
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])",
     )
-    .bind(notification_id)
-    .bind(channel)
-    .bind(result.label())
-    .bind(error)
+    .bind(attempts.iter().map(|a| a.0).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|a| a.1).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|a| a.2.label()).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|a| error(&a.2)).collect::<Vec<_>>())
     .execute(pool)
     .await?;
     Ok(())

@@ -100,16 +100,13 @@ impl Channels {
                     );
                 }
                 counters.deliveries.with_label_values(&[ch.name(), result.label()]).inc();
-                if let Err(e) = store::record_delivery(pool, n.id, ch.name(), &result).await {
-                    tracing::warn!(
-                        channel = ch.name(),
-                        notification_id = %n.id,
-                        error = %e,
-                        "could not record a delivery attempt"
-                    );
-                }
+                (n.id, ch.name(), result)
             })
         });
-        futures::future::join_all(attempts).await;
+        let results = futures::future::join_all(attempts).await;
+        // One statement for every attempt of the event, not one commit each.
+        if let Err(e) = store::record_deliveries(pool, &results).await {
+            tracing::warn!(error = %e, attempts = results.len(), "could not record delivery attempts");
+        }
     }
 }
