@@ -109,6 +109,16 @@ impl Operator {
         let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
     }
 
+    /// Resident memory of the operator process (KiB), 0 when unknown.
+    fn rss_kib(&self) -> u64 {
+        let status = self.child.id().and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok());
+        status
+            .as_deref()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     async fn metric(&self, name: &str) -> f64 {
         let text = reqwest::get(&self.metrics).await.ok();
         let text = match text {
@@ -457,5 +467,59 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over_on_shutdown()
     })
     .await;
     second.stop().await;
+    let _ = Api::<Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster; scripts/test.sh runs it"]
+async fn five_idle_minutes_cost_only_the_requeue_interval() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = namespace(&client, "idle").await;
+    let operator = Operator::start(&ns).await;
+    let api: Api<PayFlow> = Api::namespaced(client.clone(), &ns);
+    // The reversal CronJob is suspended: its Jobs would wake the operator once a minute on top.
+    let spec = json!({"version": "0.1.0", "reversal": {"suspend": true}, "deletionPolicy": "Delete"});
+    api.create(&PostParams::default(), &payflow("demo", spec)).await.expect("create");
+    wait_for("Ready", Duration::from_secs(180), || {
+        let api = api.clone();
+        async move { phase(&api, "demo").await == "Ready" }
+    })
+    .await;
+    // Let the rollout's own events pass: wait until a 10 s stretch brings no reconcile.
+    let mut last = operator.metric("payflow_operator_reconciles_total").await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let now = operator.metric("payflow_operator_reconciles_total").await;
+        if now == last {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reconciles keep coming after Ready: {now}");
+        last = now;
+    }
+    let reconciles = operator.metric("payflow_operator_reconciles_total").await;
+    let applies = operator.metric("payflow_operator_applies_total").await;
+    let writes = operator.metric("payflow_operator_status_writes_total").await;
+    let idle = Duration::from_secs(300);
+    tokio::time::sleep(idle).await;
+    let reconciles = operator.metric("payflow_operator_reconciles_total").await - reconciles;
+    let applies = operator.metric("payflow_operator_applies_total").await - applies;
+    let writes = operator.metric("payflow_operator_status_writes_total").await - writes;
+    let rss = operator.rss_kib();
+    eprintln!(
+        "idle {idle:?}: {reconciles} reconciles, {applies} applies, {writes} status writes; operator RSS {rss} KiB"
+    );
+    // The requeue interval is 60 s: five, plus one for a requeue straddling the window's edge.
+    assert!(reconciles <= 6.0, "idle reconciles in 5 min: {reconciles}");
+    assert_eq!(applies, 0.0, "idle applies");
+    assert_eq!(writes, 0.0, "idle status writes");
+    api.delete("demo", &DeleteParams::default()).await.expect("delete");
+    wait_for("the PayFlow to go", Duration::from_secs(60), || {
+        let api = api.clone();
+        async move { api.get_opt("demo").await.ok().flatten().is_none() }
+    })
+    .await;
+    operator.stop().await;
     let _ = Api::<Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
 }
