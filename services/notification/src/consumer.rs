@@ -1,10 +1,13 @@
 //! The event consumer: `{prefix}.notifications` with manual acks and bounded
 //! prefetch.
 //!
-//! Per message: parse once; store its notifications and its message id in one
-//! transaction; deliver through the channels; ack. The order matters: the ack
-//! comes after the commit, so a crash anywhere before it means a redelivery,
-//! which the processed-messages table turns into a no-op.
+//! Messages are taken in batches (whatever has arrived while the previous batch
+//! was being stored): parse each once; store the notifications and message ids
+//! of the whole batch in one statement; then, per event and concurrently
+//! (a slow webhook must not stall the queue), deliver through the channels and
+//! ack. The order matters: the ack comes after the commit, so a crash anywhere
+//! before it means a redelivery, which the processed-messages table turns into
+//! a no-op.
 //!
 //! - Unusable messages (no id, bad JSON, unknown type, nonsense values) are
 //!   rejected without requeue, so the broker dead-letters them to
@@ -17,7 +20,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
@@ -32,11 +35,14 @@ use crate::config::Config;
 use crate::events::{EventKind, NewNotification, TransactionEvent};
 use crate::metrics::Outcome;
 use crate::state::AppState;
-use crate::store::{self, Recorded};
+use crate::store::{self, EventToStore, Recorded};
 
 /// How long a transient database error is retried in place before the
 /// message is handed back to the broker.
 const TRANSIENT_RETRY_BUDGET: Duration = Duration::from_secs(30);
+
+/// Most events stored in one statement.
+const MAX_BATCH: usize = 100;
 
 /// Longest pause between reconnection attempts after a failed session.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
@@ -96,17 +102,36 @@ async fn session(
         channel.basic_consume(&queue, &tag, BasicConsumeOptions::default(), FieldTable::default()).await?;
     tracing::info!(%queue, prefetch, "consuming events");
 
-    // Messages are handled concurrently (a slow webhook must not stall the
-    // queue); the prefetch bounds how many are in flight, and acks name
-    // their own delivery tag, so their order does not matter.
+    // Deliveries and acks run as tasks; acks name their own delivery tag, so
+    // their order does not matter. The prefetch bounds what is in flight.
     let mut tasks = JoinSet::new();
     let result = loop {
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
             Some(done) = tasks.join_next(), if !tasks.is_empty() => log_panic(done),
             next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
-                    tasks.spawn(handle(state.clone(), delivery, cancel.clone()));
+                Some(Ok(first)) => {
+                    let mut batch = vec![first];
+                    let mut failed = None;
+                    // What is already buffered joins the batch, without waiting for more.
+                    while batch.len() < MAX_BATCH {
+                        match consumer.next().now_or_never() {
+                            Some(Some(Ok(d))) => batch.push(d),
+                            Some(Some(Err(e))) => {
+                                failed = Some(anyhow::Error::new(e).context("consumer failed"));
+                                break;
+                            }
+                            Some(None) => {
+                                failed = Some(anyhow::anyhow!("the broker ended the consumer"));
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    handle_batch(state, batch, &mut tasks, cancel).await;
+                    if let Some(e) = failed {
+                        break Err(e);
+                    }
                 }
                 Some(Err(e)) => break Err(anyhow::Error::new(e).context("consumer failed")),
                 None => break Err(anyhow::anyhow!("the broker ended the consumer")),
@@ -128,75 +153,119 @@ fn log_panic(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-async fn handle(state: AppState, delivery: Delivery, cancel: CancellationToken) {
-    let outcome = process(&state, &delivery, &cancel).await;
-    state.counters.message(outcome);
+/// A parsed event, ready to store.
+struct Parsed {
+    delivery: Delivery,
+    message_id: Uuid,
+    kind: EventKind,
+    notifications: Vec<NewNotification>,
+    correlation_id: String,
+    redelivered: bool,
 }
 
-async fn process(state: &AppState, d: &Delivery, cancel: &CancellationToken) -> Outcome {
+/// Parses one message; an unusable one is dead-lettered here.
+async fn parse(d: Delivery) -> Option<Parsed> {
     // The AMQP `type` names the event; the routing key is the same by
     // convention and stands in when a producer left `type` out.
     let kind_text =
         d.properties.kind().as_ref().map(|k| k.as_str()).filter(|k| !k.is_empty()).unwrap_or(d.routing_key.as_str());
     let Some(kind) = EventKind::from_type(kind_text) else {
-        return poison(d, &format!("unknown event type {kind_text:?}")).await;
+        let reason = format!("unknown event type {kind_text:?}");
+        poison(&d, &reason).await;
+        return None;
     };
-    let msg = match Incoming::<TransactionEvent>::parse(d) {
+    let msg = match Incoming::<TransactionEvent>::parse(&d) {
         Ok(m) => m,
-        Err(e) => return poison(d, &e.to_string()).await,
+        Err(e) => {
+            poison(&d, &e.to_string()).await;
+            return None;
+        }
     };
     let correlation_id = sane_correlation_id(&msg.correlation_id).unwrap_or(msg.id.to_string());
-    let span = tracing::info_span!(
-        "event",
-        correlation_id = %correlation_id,
-        message_id = %msg.id,
-        kind = kind.as_str(),
-    );
-    async {
-        let new = match msg.body.notifications(kind) {
-            Ok(n) => n,
-            Err(e) => return poison(d, &e.to_string()).await,
-        };
-        match store_event(state, msg.id, kind, &new, cancel).await {
-            Ok(Recorded::Duplicate) => {
-                tracing::info!(redelivered = msg.redelivered, "duplicate event skipped");
-                ack(d).await;
-                Outcome::Duplicate
-            }
-            Ok(Recorded::Stored(stored)) => {
-                for n in &stored {
-                    state.counters.stored.with_label_values(&[n.kind.as_str()]).inc();
-                }
-                tracing::info!(notifications = stored.len(), "event stored");
-                state.channels.deliver_all(&state.pool, &state.counters, &stored, &correlation_id).await;
-                ack(d).await;
-                Outcome::Stored
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot store event; returning it to the queue");
-                nack_requeue(d).await;
-                Outcome::Error
-            }
+    match msg.body.notifications(kind) {
+        Ok(notifications) => Some(Parsed {
+            message_id: msg.id,
+            kind,
+            notifications,
+            correlation_id,
+            redelivered: msg.redelivered,
+            delivery: d,
+        }),
+        Err(e) => {
+            poison(&d, &e.to_string()).await;
+            None
         }
     }
-    .instrument(span)
-    .await
 }
 
-/// Stores the event, retrying transient database errors in place (with
+/// Stores a batch in one statement, then delivers and acks each event in a task.
+async fn handle_batch(state: &AppState, batch: Vec<Delivery>, tasks: &mut JoinSet<()>, cancel: &CancellationToken) {
+    state.counters.batch_size.observe(batch.len() as f64);
+    let mut events = Vec::with_capacity(batch.len());
+    for d in batch {
+        match parse(d).await {
+            Some(p) => events.push(p),
+            None => state.counters.message(Outcome::Poison),
+        }
+    }
+    if events.is_empty() {
+        return;
+    }
+    let recorded = match store_events(state, &events, cancel).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, events = events.len(), "cannot store events; returning them to the queue");
+            for p in &events {
+                nack_requeue(&p.delivery).await;
+                state.counters.message(Outcome::Error);
+            }
+            return;
+        }
+    };
+    for (p, recorded) in events.into_iter().zip(recorded) {
+        let span = tracing::info_span!(
+            "event",
+            correlation_id = %p.correlation_id,
+            message_id = %p.message_id,
+            kind = p.kind.as_str(),
+        );
+        let state = state.clone();
+        tasks.spawn(
+            async move {
+                match recorded {
+                    Recorded::Duplicate => {
+                        tracing::info!(redelivered = p.redelivered, "duplicate event skipped");
+                        ack(&p.delivery).await;
+                        state.counters.message(Outcome::Duplicate);
+                    }
+                    Recorded::Stored(stored) => {
+                        for n in &stored {
+                            state.counters.stored.with_label_values(&[n.kind.as_str()]).inc();
+                        }
+                        tracing::info!(notifications = stored.len(), "event stored");
+                        state.channels.deliver_all(&state.pool, &state.counters, &stored, &p.correlation_id).await;
+                        ack(&p.delivery).await;
+                        state.counters.message(Outcome::Stored);
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Stores the events, retrying transient database errors in place (with
 /// backoff, within [`TRANSIENT_RETRY_BUDGET`]) so a short outage does not
-/// burn the message's delivery limit.
-async fn store_event(
-    state: &AppState,
-    message_id: Uuid,
-    kind: EventKind,
-    new: &[NewNotification],
-    cancel: &CancellationToken,
-) -> sqlx::Result<Recorded> {
+/// burn the messages' delivery limit.
+async fn store_events(state: &AppState, events: &[Parsed], cancel: &CancellationToken) -> sqlx::Result<Vec<Recorded>> {
+    let batch: Vec<EventToStore> = events
+        .iter()
+        .map(|p| EventToStore { message_id: p.message_id, kind: p.kind.as_str(), notifications: &p.notifications })
+        .collect();
     let started = Instant::now();
     let mut delay = Duration::from_millis(200);
     loop {
-        match store::record_event(&state.pool, message_id, kind.as_str(), new).await {
+        match store::record_events(&state.pool, &batch).await {
             Ok(r) => return Ok(r),
             Err(e) if is_transient(&e) && started.elapsed() + delay < TRANSIENT_RETRY_BUDGET => {
                 tracing::warn!(

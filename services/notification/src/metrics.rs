@@ -36,6 +36,8 @@ pub struct Counters {
     pub stored: IntCounterVec,
     /// `payflow_notification_messages_total{outcome}`
     pub messages: IntCounterVec,
+    /// `payflow_notification_batch_size`: events stored per statement.
+    pub batch_size: prometheus::Histogram,
 }
 
 impl Counters {
@@ -59,10 +61,18 @@ impl Counters {
                 ),
                 &["outcome"],
             )?,
+            batch_size: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "payflow_notification_batch_size",
+                    "Event messages stored per statement",
+                )
+                .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
+            )?,
         };
         metrics.register(Box::new(c.deliveries.clone()));
         metrics.register(Box::new(c.stored.clone()));
         metrics.register(Box::new(c.messages.clone()));
+        metrics.register(Box::new(c.batch_size.clone()));
         Ok(c)
     }
 

@@ -71,39 +71,60 @@ pub enum Recorded {
     Duplicate,
 }
 
-/// Stores the notifications of one event in one transaction, keyed by its
-/// message id: a message seen before stores nothing.
-pub async fn record_event(
-    pool: &PgPool,
-    message_id: Uuid,
-    kind: &str,
-    new: &[NewNotification],
-) -> sqlx::Result<Recorded> {
-    // One statement (one round trip, one commit): the processed-message guard, and the
-    // notifications only when the guard row is new. No conflict target on the notifications:
-    // either unique guard (per event, per transaction) turns a repeat into "nothing inserted".
+/// One event to store: its message id, its kind, its notifications.
+pub struct EventToStore<'a> {
+    pub message_id: Uuid,
+    pub kind: &'a str,
+    pub notifications: &'a [NewNotification],
+}
+
+/// Stores the notifications of several events in one statement (one round trip, one commit),
+/// each keyed by its message id: a message seen before stores nothing. The answers follow the
+/// order of `events`; a message id repeated within the batch counts once, the repeats are
+/// duplicates.
+pub async fn record_events(pool: &PgPool, events: &[EventToStore<'_>]) -> sqlx::Result<Vec<Recorded>> {
+    let mut seen = std::collections::HashSet::new();
+    let first: Vec<bool> = events.iter().map(|e| seen.insert(e.message_id)).collect();
+    let unique = || events.iter().zip(&first).filter(|(_, f)| **f).map(|(e, _)| e);
+    let notes = || unique().flat_map(|e| e.notifications.iter().map(move |n| (e.message_id, n)));
+    // The guard rows, and the notifications of the events whose guard row is new. No conflict
+    // target on the notifications: either unique guard (per event, per transaction) turns a
+    // repeat into "nothing inserted".
     let rows = sqlx::query(&format!(
-        "WITH first AS (INSERT INTO notify.processed_messages (message_id, kind) VALUES ($1, $2) \
-                        ON CONFLICT (message_id) DO NOTHING RETURNING 1) \
+        "WITH fresh AS (INSERT INTO notify.processed_messages (message_id, kind) \
+                        SELECT * FROM UNNEST($1::uuid[], $2::text[]) \
+                        ON CONFLICT (message_id) DO NOTHING RETURNING message_id) \
          INSERT INTO notify.notifications (id, event_id, user_id, type, message, transaction_id, occurred_at) \
-         SELECT n.id, $1, n.user_id, n.type, n.message, n.transaction_id, n.occurred_at \
-         FROM UNNEST($3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::uuid[], $8::timestamptz[]) \
-              AS n(id, user_id, type, message, transaction_id, occurred_at) \
-         WHERE EXISTS (SELECT 1 FROM first) \
+         SELECT n.* FROM UNNEST($3::uuid[], $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::uuid[], \
+                                $9::timestamptz[]) \
+              AS n(id, event_id, user_id, type, message, transaction_id, occurred_at) \
+         WHERE n.event_id IN (SELECT message_id FROM fresh) \
          ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
     ))
-    .bind(message_id)
-    .bind(kind)
-    .bind(new.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
-    .bind(new.iter().map(|n| n.user_id.0).collect::<Vec<_>>())
-    .bind(new.iter().map(|n| n.kind.as_str()).collect::<Vec<_>>())
-    .bind(new.iter().map(|n| n.message.as_str()).collect::<Vec<_>>())
-    .bind(new.iter().map(|n| n.transaction_id).collect::<Vec<_>>())
-    .bind(new.iter().map(|n| n.occurred_at).collect::<Vec<_>>())
+    .bind(unique().map(|e| e.message_id).collect::<Vec<_>>())
+    .bind(unique().map(|e| e.kind).collect::<Vec<_>>())
+    .bind(notes().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
+    .bind(notes().map(|(id, _)| id).collect::<Vec<_>>())
+    .bind(notes().map(|(_, n)| n.user_id.0).collect::<Vec<_>>())
+    .bind(notes().map(|(_, n)| n.kind.as_str()).collect::<Vec<_>>())
+    .bind(notes().map(|(_, n)| n.message.as_str()).collect::<Vec<_>>())
+    .bind(notes().map(|(_, n)| n.transaction_id).collect::<Vec<_>>())
+    .bind(notes().map(|(_, n)| n.occurred_at).collect::<Vec<_>>())
     .fetch_all(pool)
     .await?;
-    let stored = rows.iter().map(from_row).collect::<sqlx::Result<Vec<_>>>()?;
-    Ok(if stored.is_empty() { Recorded::Duplicate } else { Recorded::Stored(stored) })
+    let mut by_event: std::collections::HashMap<Uuid, Vec<Notification>> = std::collections::HashMap::new();
+    for row in &rows {
+        let n = from_row(row)?;
+        by_event.entry(n.event_id).or_default().push(n);
+    }
+    Ok(events
+        .iter()
+        .zip(first)
+        .map(|(e, first)| match by_event.remove(&e.message_id) {
+            Some(stored) if first => Recorded::Stored(stored),
+            _ => Recorded::Duplicate,
+        })
+        .collect())
 }
 
 /// A user's newest notifications first.

@@ -283,3 +283,47 @@ async fn database_errors_return_the_message_until_the_delivery_limit() {
     assert!(h.notifications_of(alice).await.is_empty());
     h.stop().await;
 }
+
+#[tokio::test]
+async fn one_batch_stores_each_event_once_even_when_it_repeats_an_id() {
+    use payflow_notification::events::{NewNotification, NotificationType};
+    use payflow_notification::store::{record_events, EventToStore, Recorded};
+    let h = Harness::start().await;
+    let note = |user: UserId, kind| NewNotification {
+        user_id: user,
+        kind,
+        message: "You received 1.00 USD".into(),
+        transaction_id: Some(Uuid::new_v4()),
+        occurred_at: None,
+    };
+    let (a, b, c) = (UserId::new(), UserId::new(), UserId::new());
+    let (ea, eb, ec) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let (na, nb, nc) = (
+        [note(a, NotificationType::TransactionReceived)],
+        [note(b, NotificationType::TransactionReceived)],
+        [note(c, NotificationType::TransactionReceived)],
+    );
+    // `ec` was processed before; `ea` comes twice in the batch.
+    let before = record_events(&h.pool, &[EventToStore { message_id: ec, kind: COMPLETED, notifications: &nc }])
+        .await
+        .expect("store");
+    assert!(matches!(before[..], [Recorded::Stored(ref s)] if s.len() == 1));
+    let batch = [
+        EventToStore { message_id: ea, kind: COMPLETED, notifications: &na },
+        EventToStore { message_id: eb, kind: COMPLETED, notifications: &nb },
+        EventToStore { message_id: ea, kind: COMPLETED, notifications: &na },
+        EventToStore { message_id: ec, kind: COMPLETED, notifications: &nc },
+    ];
+    let recorded = record_events(&h.pool, &batch).await.expect("store");
+    let stored: Vec<Option<Vec<UserId>>> = recorded
+        .iter()
+        .map(|r| match r {
+            Recorded::Stored(s) => Some(s.iter().map(|n| n.user_id).collect()),
+            Recorded::Duplicate => None,
+        })
+        .collect();
+    assert_eq!(stored, vec![Some(vec![a]), Some(vec![b]), None, None]);
+    for user in [a, b, c] {
+        assert_eq!(h.notifications_of(user).await.len(), 1, "{user}");
+    }
+}
