@@ -73,6 +73,9 @@ impl WorkerMetrics {
 /// Wallet posts at most this many transfers per call.
 const MAX_BATCH: usize = 200;
 
+/// Batches settling at the same time (see `consume_connected`).
+const PIPELINE: usize = 2;
+
 struct Worker {
     pool: PgPool,
     wallet: WalletClient,
@@ -92,13 +95,13 @@ pub async fn run(cfg: WorkerConfig, cancel: CancellationToken) -> anyhow::Result
     let listener = server::bind(cfg.listen.addr(cfg.port)).await?;
     let http =
         tokio::spawn(server::serve(listener, server::with_common_layers(axum::Router::new(), &info), cancel.clone()));
-    let worker = Worker {
+    let worker = std::sync::Arc::new(Worker {
         wallet: WalletClient::new(&cfg.wallet)?,
         topology: cfg.amqp.topology(),
         metrics: WorkerMetrics::new(&metrics)?,
         pool,
         cfg,
-    };
+    });
     worker.consume(&cancel).await;
     cancel.cancel();
     http.await??;
@@ -106,7 +109,7 @@ pub async fn run(cfg: WorkerConfig, cancel: CancellationToken) -> anyhow::Result
 }
 
 impl Worker {
-    async fn consume(&self, cancel: &CancellationToken) {
+    async fn consume(self: &std::sync::Arc<Self>, cancel: &CancellationToken) {
         while !cancel.is_cancelled() {
             let Some(conn) = connect_with_retry(&self.cfg.amqp.amqp_url, cancel.cancelled()).await else { break };
             match self.consume_connected(&conn, cancel).await {
@@ -123,7 +126,11 @@ impl Worker {
         }
     }
 
-    async fn consume_connected(&self, conn: &lapin::Connection, cancel: &CancellationToken) -> anyhow::Result<()> {
+    async fn consume_connected(
+        self: &std::sync::Arc<Self>,
+        conn: &lapin::Connection,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let channel = conn.create_channel().await?;
         self.topology.declare(&channel).await?;
         channel.basic_qos(self.cfg.prefetch, BasicQosOptions::default()).await?;
@@ -138,10 +145,22 @@ impl Worker {
             )
             .await?;
         tracing::info!(queue = %self.topology.transactions_queue(), "worker consuming");
+        // Up to PIPELINE batches settle at once: while one waits on wallet or its commit, the
+        // next is gathered and started. A batch that fails ends the session (the channel is gone).
+        let mut in_flight: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
         loop {
+            while in_flight.len() >= PIPELINE {
+                if let Some(done) = in_flight.join_next().await {
+                    done??;
+                }
+            }
             let first = tokio::select! {
                 d = consumer.next() => d,
-                _ = cancel.cancelled() => return Ok(()),
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    done??;
+                    continue;
+                }
+                _ = cancel.cancelled() => break,
             };
             let Some(first) = first else { anyhow::bail!("consumer cancelled by the broker") };
             let mut batch = vec![first?];
@@ -152,8 +171,13 @@ impl Worker {
                     Ok(None) | Err(_) => break,
                 }
             }
-            self.settle_batch(batch, &retry).await?;
+            let (worker, retry) = (self.clone(), retry.clone());
+            in_flight.spawn(async move { worker.settle_batch(batch, &retry).await });
         }
+        while let Some(done) = in_flight.join_next().await {
+            done??;
+        }
+        Ok(())
     }
 
     async fn settle_batch(&self, batch: Vec<Delivery>, retry: &Publisher) -> anyhow::Result<()> {
