@@ -132,6 +132,16 @@ impl Operator {
     }
 }
 
+/// Deletes a PayFlow and waits until its finalizer has run and it is gone.
+async fn delete_payflow(api: &Api<PayFlow>, name: &str) {
+    api.delete(name, &DeleteParams::default()).await.expect("delete");
+    wait_for("the PayFlow to go", Duration::from_secs(60), || {
+        let api = api.clone();
+        async move { api.get_opt(name).await.ok().flatten().is_none() }
+    })
+    .await;
+}
+
 fn payflow(name: &str, spec: Value) -> PayFlow {
     serde_json::from_value(
         json!({"apiVersion": "payflow.io/v1alpha1", "kind": "PayFlow", "metadata": {"name": name}, "spec": spec}),
@@ -335,12 +345,7 @@ async fn the_reversal_cronjob_runs_jobs_to_completion_and_retain_keeps_volumes()
         async move { pvcs.list(&ListParams::default()).await.is_ok_and(|l| !l.items.is_empty()) }
     })
     .await;
-    api.delete("demo", &DeleteParams::default()).await.expect("delete");
-    wait_for("the PayFlow to go", Duration::from_secs(60), || {
-        let api = api.clone();
-        async move { api.get_opt("demo").await.ok().flatten().is_none() }
-    })
-    .await;
+    delete_payflow(&api, "demo").await;
     assert!(!pvcs.list(&ListParams::default()).await.expect("list").items.is_empty(), "Retain keeps the volumes");
     operator.stop().await;
     let _ = Api::<Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
@@ -460,12 +465,7 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over_on_shutdown()
     })
     .await;
     eprintln!("leader handover after SIGTERM: {:?}", stopped.elapsed());
-    api.delete("demo", &DeleteParams::default()).await.expect("delete");
-    wait_for("the PayFlow to go", Duration::from_secs(60), || {
-        let api = api.clone();
-        async move { api.get_opt("demo").await.ok().flatten().is_none() }
-    })
-    .await;
+    delete_payflow(&api, "demo").await;
     second.stop().await;
     let _ = Api::<Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
 }
@@ -514,12 +514,7 @@ async fn five_idle_minutes_cost_only_the_requeue_interval() {
     assert!(reconciles <= 6.0, "idle reconciles in 5 min: {reconciles}");
     assert_eq!(applies, 0.0, "idle applies");
     assert_eq!(writes, 0.0, "idle status writes");
-    api.delete("demo", &DeleteParams::default()).await.expect("delete");
-    wait_for("the PayFlow to go", Duration::from_secs(60), || {
-        let api = api.clone();
-        async move { api.get_opt("demo").await.ok().flatten().is_none() }
-    })
-    .await;
+    delete_payflow(&api, "demo").await;
     operator.stop().await;
     let _ = Api::<Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
 }
