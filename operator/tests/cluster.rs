@@ -304,6 +304,19 @@ async fn a_payflow_becomes_ready_rolls_only_what_changed_and_survives_an_operato
         async move { phase(&api, "demo").await == "Paused" }
     })
     .await;
+    // A spec change while suspended is reconciled (the status says Paused) but writes no child.
+    let applies = operator.metric("payflow_operator_applies_total").await;
+    let reconciles = operator.metric("payflow_operator_reconciles_total").await;
+    let frozen = generations(&client, &ns).await;
+    let change = json!({"spec": {"gateway": {"replicas": 3}, "reversal": {"pendingTimeoutSeconds": 120}}});
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(&change)).await.expect("patch while suspended");
+    wait_for("a reconcile of the suspended change", Duration::from_secs(30), || {
+        let op = &operator;
+        async move { op.metric("payflow_operator_reconciles_total").await > reconciles }
+    })
+    .await;
+    assert_eq!(operator.metric("payflow_operator_applies_total").await, applies, "applies while suspended");
+    assert_eq!(generations(&client, &ns).await, frozen, "no Deployment changed while suspended");
 
     // Delete with deletionPolicy Delete: the volumes go too.
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
