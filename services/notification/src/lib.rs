@@ -48,8 +48,24 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
         cancel.cancel();
         r
     };
+    tokio::spawn(housekeeping(state.pool.clone(), cancel.clone()));
     let (http, events) = tokio::join!(http, events);
     http.and(events)
+}
+
+/// Hourly retention of the processed-message guard rows.
+async fn housekeeping(pool: PgPool, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        match store::purge_processed(&pool, store::PROCESSED_RETENTION_DAYS).await {
+            Ok(n) => tracing::debug!(deleted = n, "processed-message retention pass"),
+            Err(e) => tracing::warn!(error = %e, "processed-message retention failed"),
+        }
+    }
 }
 
 pub(crate) fn service_info(state: &AppState) -> ServiceInfo {

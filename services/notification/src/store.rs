@@ -127,6 +127,20 @@ pub async fn record_events(pool: &PgPool, events: &[EventToStore<'_>]) -> sqlx::
         .collect())
 }
 
+/// How long a processed message id is remembered. Redeliveries come within minutes (retries,
+/// delivery limit); past that, the unique `(transaction_id, user_id, type)` index still stops a
+/// second notification for the same transaction.
+pub const PROCESSED_RETENTION_DAYS: i32 = 7;
+
+/// Forgets processed message ids older than `days`; returns how many went.
+pub async fn purge_processed(pool: &PgPool, days: i32) -> sqlx::Result<u64> {
+    Ok(sqlx::query("DELETE FROM notify.processed_messages WHERE processed_at < now() - make_interval(days => $1)")
+        .bind(days)
+        .execute(pool)
+        .await?
+        .rows_affected())
+}
+
 /// A user's newest notifications first.
 pub async fn list_for_user(pool: &PgPool, user: UserId, limit: i64) -> sqlx::Result<Vec<Notification>> {
     let rows = sqlx::query(&format!(

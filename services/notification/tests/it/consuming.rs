@@ -327,3 +327,27 @@ async fn one_batch_stores_each_event_once_even_when_it_repeats_an_id() {
         assert_eq!(h.notifications_of(user).await.len(), 1, "{user}");
     }
 }
+
+#[tokio::test]
+async fn processed_message_ids_are_forgotten_after_the_retention_only() {
+    let h = Harness::start().await;
+    let (old, fresh) = (Uuid::new_v4(), Uuid::new_v4());
+    sqlx::query(
+        "INSERT INTO notify.processed_messages (message_id, kind, processed_at) \
+         VALUES ($1, 'transaction.completed', now() - interval '8 days'), ($2, 'transaction.completed', now())",
+    )
+    .bind(old)
+    .bind(fresh)
+    .execute(&h.pool)
+    .await
+    .expect("insert");
+    let deleted = payflow_notification::store::purge_processed(&h.pool, 7).await.expect("purge");
+    assert!(deleted >= 1);
+    let left: Vec<Uuid> =
+        sqlx::query_scalar("SELECT message_id FROM notify.processed_messages WHERE message_id = ANY($1)")
+            .bind(vec![old, fresh])
+            .fetch_all(&h.pool)
+            .await
+            .expect("select");
+    assert_eq!(left, vec![fresh]);
+}
