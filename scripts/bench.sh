@@ -27,7 +27,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PAYFLOW_LOG_TAG=bench
 
 usage() {
-    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+    usage_of "${BASH_SOURCE[0]}"
 }
 
 LEVELS="1,2,4,8,16,32,64,128"
@@ -130,18 +130,7 @@ PAYFLOW_RATE_LIMIT_IP_PER_MINUTE=0 \
     setsid "$BIN" dev >>"$APP_LOG" 2>&1 </dev/null 9>&- &
 APP_PID=$!
 
-readyz_ok() {
-    [[ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$GATEWAY/readyz")" == 200 ]]
-}
-deadline=$((EPOCHSECONDS + READY_TIMEOUT))
-until readyz_ok; do
-    if ! kill -0 "$APP_PID" 2>/dev/null; then
-        log_tail "$APP_LOG" 60
-        die "payflow dev exited before $GATEWAY/readyz answered 200"
-    fi
-    ((EPOCHSECONDS < deadline)) || { log_tail "$APP_LOG" 60; die "$GATEWAY/readyz not 200 within ${READY_TIMEOUT}s"; }
-    sleep 0.25
-done
+wait_payflow_ready "$GATEWAY" "$APP_PID" "$APP_LOG" "$READY_TIMEOUT"
 log "payflow ready at $GATEWAY"
 
 pg_settings="$(psql "$PAYFLOW_DATABASE_URL" -XAtq -F ' ' -c \

@@ -137,6 +137,28 @@ wait_for() {
     done
 }
 
+# usage_of SCRIPT: print SCRIPT's help, the comment block at its top.
+usage_of() {
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$1"
+}
+
+# wait_payflow_ready BASE_URL PID LOG TIMEOUT_S: wait until BASE_URL/readyz
+# answers 200; die, showing LOG's tail, if PID exits first or time runs out.
+wait_payflow_ready() {
+    local url="$1/readyz" pid="$2" log_file="$3" deadline=$((EPOCHSECONDS + $4))
+    until [[ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url")" == 200 ]]; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log_tail "$log_file" 60
+            die "payflow dev exited before $url answered 200"
+        fi
+        if ((EPOCHSECONDS >= deadline)); then
+            log_tail "$log_file" 60
+            die "$url did not answer 200 within ${4}s"
+        fi
+        sleep 0.25
+    done
+}
+
 # port_open PORT: is something listening on 127.0.0.1:PORT?
 port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null

@@ -22,7 +22,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PAYFLOW_LOG_TAG=run
 
 usage() {
-    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+    usage_of "${BASH_SOURCE[0]}"
 }
 
 STACK="$PAYFLOW_SCRIPTS/stack.sh"
@@ -113,22 +113,8 @@ setsid "$BIN" dev >>"$APP_LOG" 2>&1 </dev/null 9>&- &
 APP_PID=$!
 echo "$APP_PID" >"$APP_PID_FILE"
 
-readyz_ok() {
-    [[ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$GATEWAY/readyz")" == 200 ]]
-}
 t0="$(now_us)"
-deadline=$((EPOCHSECONDS + READY_TIMEOUT))
-until readyz_ok; do
-    if ! kill -0 "$APP_PID" 2>/dev/null; then
-        log_tail "$APP_LOG" 60
-        die "payflow dev exited before $GATEWAY/readyz answered 200"
-    fi
-    if ((EPOCHSECONDS >= deadline)); then
-        log_tail "$APP_LOG" 60
-        die "$GATEWAY/readyz did not answer 200 within ${READY_TIMEOUT}s"
-    fi
-    sleep 0.25
-done
+wait_payflow_ready "$GATEWAY" "$APP_PID" "$APP_LOG" "$READY_TIMEOUT"
 log "payflow ready at $GATEWAY ($(elapsed_since "$t0")s)"
 
 # register EMAIL PASSWORD NAME: create a demo user; 409 = exists already.

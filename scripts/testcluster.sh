@@ -698,7 +698,7 @@ main() {
         status) cmd_status ;;
         smoke) cmd_smoke ;;
         *)
-            sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
+            usage_of "${BASH_SOURCE[0]}" >&2
             exit 2
             ;;
     esac

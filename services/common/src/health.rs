@@ -20,6 +20,11 @@ pub struct Readiness {
 }
 
 impl Readiness {
+    /// Ready when Postgres answers (the services without Redis).
+    pub fn postgres(pool: sqlx::PgPool) -> Self {
+        Self { db: Some(pool), redis: None }
+    }
+
     /// Checks each dependency with a short deadline.
     pub async fn check(&self) -> Result<(), String> {
         let deadline = Duration::from_secs(2);

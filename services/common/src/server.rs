@@ -27,8 +27,9 @@ pub struct ServiceInfo {
 }
 
 impl ServiceInfo {
-    pub fn new(name: &'static str, readiness: Readiness) -> Self {
-        Self { name, metrics: Metrics::new(name), readiness, request_timeout: Duration::from_secs(15) }
+    /// `metrics` is the service's own registry, so the HTTP metrics sit next to its counters.
+    pub fn new(name: &'static str, metrics: Metrics, readiness: Readiness) -> Self {
+        Self { name, metrics, readiness, request_timeout: Duration::from_secs(15) }
     }
 }
 

@@ -22,13 +22,11 @@ use crate::rate_limit::{Decision, Limit};
 use crate::state::{AppState, Upstream};
 
 pub fn router(state: AppState) -> Router {
-    let info = ServiceInfo {
-        metrics: state.metrics.clone(),
-        ..ServiceInfo::new(
-            crate::SERVICE_NAME,
-            payflow_common::health::Readiness { db: None, redis: Some(state.redis.clone()) },
-        )
-    };
+    let info = ServiceInfo::new(
+        crate::SERVICE_NAME,
+        state.metrics.clone(),
+        payflow_common::health::Readiness { db: None, redis: Some(state.redis.clone()) },
+    );
 
     // Anonymous calls that guess passwords or mint tokens get a tighter limit.
     let auth_public = Router::new()

@@ -13,7 +13,7 @@ mod routes;
 pub mod state;
 pub mod store;
 
-use payflow_common::server::{self, ServiceInfo};
+use payflow_common::server;
 use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -65,15 +65,5 @@ async fn housekeeping(pool: PgPool, cancel: CancellationToken) {
             Ok(n) => tracing::debug!(deleted = n, "processed-message retention pass"),
             Err(e) => tracing::warn!(error = %e, "processed-message retention failed"),
         }
-    }
-}
-
-pub(crate) fn service_info(state: &AppState) -> ServiceInfo {
-    ServiceInfo {
-        metrics: state.metrics.clone(),
-        ..ServiceInfo::new(
-            SERVICE_NAME,
-            payflow_common::health::Readiness { db: Some(state.pool.clone()), redis: None },
-        )
     }
 }

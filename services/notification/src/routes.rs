@@ -6,8 +6,9 @@ use axum::{Json, Router};
 use payflow_common::bearer::AuthUser;
 use payflow_common::error::{ApiError, ApiResult};
 use payflow_common::extract::parse_path_id;
+use payflow_common::health::Readiness;
 use payflow_common::ids::UserId;
-use payflow_common::server::with_common_layers;
+use payflow_common::server::{with_common_layers, ServiceInfo};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -15,7 +16,7 @@ use crate::state::AppState;
 use crate::store::{self, MarkRead};
 
 pub fn router(state: AppState) -> Router {
-    let info = crate::service_info(&state);
+    let info = ServiceInfo::new(crate::SERVICE_NAME, state.metrics.clone(), Readiness::postgres(state.pool.clone()));
     let api = Router::new()
         .route("/api/notifications/{user_id}", get(list))
         .route("/api/notifications/{id}/read", put(mark_read))

@@ -31,18 +31,20 @@ pub struct OutboxMessage<'a> {
     pub correlation_id: &'a str,
 }
 
+/// One outbox row: `$1` message id, `$2` exchange, `$3` routing key (also its kind),
+/// `$4` correlation id, `$5` body.
+const INSERT_OUTBOX: &str = "INSERT INTO txn.outbox (message_id, exchange, routing_key, kind, correlation_id, body) \
+                             VALUES ($1, $2, $3, $3, $4, $5)";
+
 pub async fn insert_outbox(tx: &mut DbTx<'_, Postgres>, m: OutboxMessage<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO txn.outbox (message_id, exchange, routing_key, kind, correlation_id, body) \
-         VALUES ($1, $2, $3, $3, $4, $5)",
-    )
-    .bind(Uuid::now_v7())
-    .bind(m.exchange)
-    .bind(m.routing_key)
-    .bind(m.correlation_id)
-    .bind(m.body)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(INSERT_OUTBOX)
+        .bind(Uuid::now_v7())
+        .bind(m.exchange)
+        .bind(m.routing_key)
+        .bind(m.correlation_id)
+        .bind(m.body)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -112,13 +114,10 @@ pub async fn accept(
     idempotency: Option<(Uuid, &str)>,
     response: &Value,
 ) -> Result<(), sqlx::Error> {
-    const OUTBOX: &str = "INSERT INTO txn.outbox (message_id, exchange, routing_key, kind, correlation_id, body) \
-                          VALUES ($1, $2, $3, $3, $4, $5)";
-    let (user, key) = idempotency.unzip();
     let sql = match idempotency {
-        None => OUTBOX.to_string(),
+        None => INSERT_OUTBOX.to_string(),
         Some(_) => format!(
-            "WITH o AS ({OUTBOX}) UPDATE txn.idempotency_keys \
+            "WITH o AS ({INSERT_OUTBOX}) UPDATE txn.idempotency_keys \
              SET response_status = 201, response_body = $8, completed_at = now() WHERE user_id = $6 AND key = $7"
         ),
     };
@@ -128,7 +127,7 @@ pub async fn accept(
         .bind(payflow_messaging::topology::SETTLE)
         .bind(t.correlation_id.as_deref().unwrap_or_default())
         .bind(serde_json::json!({"transactionId": t.id}));
-    if idempotency.is_some() {
+    if let Some((user, key)) = idempotency {
         q = q.bind(user).bind(key).bind(response.to_string());
     }
     q.execute(pool).await?;

@@ -88,10 +88,7 @@ struct Worker {
 pub async fn run(cfg: WorkerConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     let pool = payflow_common::db::connect(&cfg.db).await?;
     let metrics = Metrics::new("worker");
-    let info = ServiceInfo {
-        metrics: metrics.clone(),
-        ..ServiceInfo::new("worker", Readiness { db: Some(pool.clone()), redis: None })
-    };
+    let info = ServiceInfo::new("worker", metrics.clone(), Readiness::postgres(pool.clone()));
     let listener = server::bind(cfg.listen.addr(cfg.port)).await?;
     let http =
         tokio::spawn(server::serve(listener, server::with_common_layers(axum::Router::new(), &info), cancel.clone()));

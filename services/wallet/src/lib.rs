@@ -7,7 +7,7 @@ pub mod ledger;
 mod routes;
 pub mod state;
 
-use payflow_common::server::{self, ServiceInfo};
+use payflow_common::server;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -32,13 +32,3 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
 
 /// The name `/health` reports.
 pub const SERVICE_NAME: &str = "wallet-service";
-
-pub(crate) fn service_info(state: &AppState) -> ServiceInfo {
-    ServiceInfo {
-        metrics: state.metrics.clone(),
-        ..ServiceInfo::new(
-            SERVICE_NAME,
-            payflow_common::health::Readiness { db: Some(state.pool.clone()), redis: None },
-        )
-    }
-}

@@ -28,9 +28,8 @@ const VERIFY_LEEWAY_SECS: i64 = 5;
 /// All auth routes with the common layers (health, metrics, errors, ids).
 pub fn router(state: AppState) -> Router {
     let readiness = Readiness { db: Some(state.pool.clone()), redis: Some(state.redis.clone()) };
-    let mut info = ServiceInfo::new(SERVICE_NAME, readiness);
     // One registry for the HTTP metrics and the auth counters.
-    info.metrics = state.metrics.clone();
+    let info = ServiceInfo::new(SERVICE_NAME, state.metrics.clone(), readiness);
     let routes = Router::new()
         .route("/api/auth/register", post(register::register))
         .route("/api/auth/login", post(login::login))

@@ -11,10 +11,7 @@ use payflow_common::server::{with_common_layers, ServiceInfo};
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
-    let info = ServiceInfo {
-        metrics: state.metrics.clone(),
-        ..ServiceInfo::new(crate::SERVICE_NAME, Readiness { db: Some(state.pool.clone()), redis: None })
-    };
+    let info = ServiceInfo::new(crate::SERVICE_NAME, state.metrics.clone(), Readiness::postgres(state.pool.clone()));
     let api = Router::new()
         .route("/api/transactions", get(read::list).post(create::create))
         .route("/api/transactions/{id}", get(read::get_one))

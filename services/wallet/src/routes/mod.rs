@@ -7,13 +7,14 @@ mod views;
 
 use axum::routing::{get, post};
 use axum::{middleware, Router};
-use payflow_common::server::with_common_layers;
+use payflow_common::health::Readiness;
+use payflow_common::server::{with_common_layers, ServiceInfo};
 use payflow_common::service_token;
 
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
-    let info = crate::service_info(&state);
+    let info = ServiceInfo::new(crate::SERVICE_NAME, state.metrics.clone(), Readiness::postgres(state.pool.clone()));
     let internal = Router::new()
         .route("/internal/wallets", post(internal::create_wallet))
         .route("/internal/wallets/{user_id}", get(internal::get_wallet))
