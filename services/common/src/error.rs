@@ -116,11 +116,22 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+impl ApiError {
+    fn body(&self) -> Body<'_> {
+        Body { error: &self.message, code: self.code, details: &self.details, retry_after: self.retry_after }
+    }
+
+    /// The JSON body this error answers with, for an answer that carries
+    /// several results (a batch endpoint).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.body()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            Body { error: &self.message, code: self.code, details: &self.details, retry_after: self.retry_after };
-        let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":\"Internal server error\"}".to_vec());
+        let json =
+            serde_json::to_vec(&self.body()).unwrap_or_else(|_| b"{\"error\":\"Internal server error\"}".to_vec());
         let mut res =
             (self.status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response();
         if let Some(secs) = self.retry_after {

@@ -4,6 +4,7 @@
 //! [`server::with_common_layers`], so all services answer the same way: JSON
 //! errors, correlation ids, Prometheus metrics and the health endpoints.
 
+pub mod batch;
 pub mod bearer;
 pub mod config;
 pub mod correlation;

@@ -11,7 +11,7 @@ pub mod publisher;
 pub mod topology;
 
 pub use config::AmqpArgs;
-pub use message::{Incoming, Message};
+pub use message::{Incoming, Message, Poison};
 pub use publisher::Publisher;
 pub use topology::Topology;
 

@@ -28,7 +28,6 @@ use lapin::Connection;
 use payflow_messaging::{Incoming, Topology};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -222,36 +221,41 @@ async fn handle_batch(state: &AppState, batch: Vec<Delivery>, tasks: &mut JoinSe
             return;
         }
     };
-    for (p, recorded) in events.into_iter().zip(recorded) {
-        let span = tracing::info_span!(
-            "event",
-            correlation_id = %p.correlation_id,
-            message_id = %p.message_id,
-            kind = p.kind.as_str(),
-        );
-        let state = state.clone();
-        tasks.spawn(
-            async move {
-                match recorded {
-                    Recorded::Duplicate => {
-                        tracing::info!(redelivered = p.redelivered, "duplicate event skipped");
-                        ack(&p.delivery).await;
-                        state.counters.message(Outcome::Duplicate);
+    // One task for the batch: every delivery at once, one statement recording
+    // them all, then the acks (an event is acked once its notifications are
+    // stored and their delivery was tried).
+    let state = state.clone();
+    tasks.spawn(async move {
+        let mut deliveries = Vec::new();
+        let mut acks = Vec::with_capacity(events.len());
+        for (p, recorded) in events.into_iter().zip(recorded) {
+            let span = tracing::info_span!(
+                "event",
+                correlation_id = %p.correlation_id,
+                message_id = %p.message_id,
+                kind = p.kind.as_str(),
+            );
+            match recorded {
+                Recorded::Duplicate => {
+                    span.in_scope(|| tracing::info!(redelivered = p.redelivered, "duplicate event skipped"));
+                    state.counters.message(Outcome::Duplicate);
+                }
+                Recorded::Stored(stored) => {
+                    for n in &stored {
+                        state.counters.stored.with_label_values(&[n.kind.as_str()]).inc();
                     }
-                    Recorded::Stored(stored) => {
-                        for n in &stored {
-                            state.counters.stored.with_label_values(&[n.kind.as_str()]).inc();
-                        }
-                        tracing::info!(notifications = stored.len(), "event stored");
-                        state.channels.deliver_all(&state.pool, &state.counters, &stored, &p.correlation_id).await;
-                        ack(&p.delivery).await;
-                        state.counters.message(Outcome::Stored);
-                    }
+                    span.in_scope(|| tracing::info!(notifications = stored.len(), "event stored"));
+                    state.counters.message(Outcome::Stored);
+                    deliveries.extend(stored.into_iter().map(|n| (n, p.correlation_id.clone(), span.clone())));
                 }
             }
-            .instrument(span),
-        );
-    }
+            acks.push(p.delivery);
+        }
+        state.channels.deliver_all(&state.pool, &state.counters, &deliveries).await;
+        for d in &acks {
+            ack(d).await;
+        }
+    });
 }
 
 /// Stores the events, retrying transient database errors in place (with

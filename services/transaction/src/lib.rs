@@ -1,6 +1,7 @@
 //! Sending money: the transaction API with idempotency, the outbox relay, the
 //! settling worker (`payflow worker`) and the reversal (`payflow reverse-pending`).
 
+pub mod batches;
 pub mod config;
 pub mod fault;
 pub mod idempotency;

@@ -5,6 +5,7 @@ use payflow_common::money::{parse_amount, Currency};
 use prometheus::{IntCounter, IntCounterVec, Opts};
 use sqlx::PgPool;
 
+use crate::batches::AcceptBatches;
 use crate::config::Config;
 use crate::wallet_client::WalletClient;
 
@@ -36,6 +37,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub verifier: JwtVerifier,
     pub wallet: WalletClient,
+    /// The accept path's writes, batched across concurrent requests.
+    pub batches: AcceptBatches,
     pub topology: payflow_messaging::Topology,
     /// Wakes this process's outbox relay after an accept.
     pub relay_wake: crate::relay::Wake,
@@ -58,11 +61,14 @@ impl AppState {
             .map_err(|e| anyhow::anyhow!("PAYFLOW_MAX_AMOUNT {e}"))?;
         let metrics = Metrics::new(crate::SERVICE_NAME);
         let txn_metrics = TxnMetrics::new(&metrics)?;
+        let wallet = WalletClient::new(&cfg.wallet)?;
+        let topology = cfg.amqp.topology();
         Ok(Self {
+            batches: AcceptBatches::spawn(pool.clone(), wallet.clone(), topology.clone()),
             pool,
             verifier,
-            wallet: WalletClient::new(&cfg.wallet)?,
-            topology: cfg.amqp.topology(),
+            wallet,
+            topology,
             relay_wake: Default::default(),
             currency,
             max_amount,

@@ -36,15 +36,23 @@ pub struct OutboxMessage<'a> {
 const INSERT_OUTBOX: &str = "INSERT INTO txn.outbox (message_id, exchange, routing_key, kind, correlation_id, body) \
                              VALUES ($1, $2, $3, $3, $4, $5)";
 
-pub async fn insert_outbox(tx: &mut DbTx<'_, Postgres>, m: OutboxMessage<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(INSERT_OUTBOX)
-        .bind(Uuid::now_v7())
-        .bind(m.exchange)
-        .bind(m.routing_key)
-        .bind(m.correlation_id)
-        .bind(m.body)
-        .execute(&mut **tx)
-        .await?;
+/// Writes outbox rows, in the order given, in one statement.
+pub async fn insert_outbox(tx: &mut DbTx<'_, Postgres>, ms: &[OutboxMessage<'_>]) -> Result<(), sqlx::Error> {
+    if ms.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO txn.outbox (message_id, exchange, routing_key, kind, correlation_id, body) \
+         SELECT m, e, k, k, c, b FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) \
+         WITH ORDINALITY AS i(m, e, k, c, b, n) ORDER BY n",
+    )
+    .bind(ms.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
+    .bind(ms.iter().map(|m| m.exchange).collect::<Vec<_>>())
+    .bind(ms.iter().map(|m| m.routing_key).collect::<Vec<_>>())
+    .bind(ms.iter().map(|m| m.correlation_id).collect::<Vec<_>>())
+    .bind(ms.iter().map(|m| &m.body).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -65,25 +73,99 @@ fn pending_insert<'q>(sql: &'q str, t: &'q NewTransaction) -> PendingInsert<'q> 
         .bind(&t.correlation_id)
 }
 
-/// Records the transaction as PENDING (committed before wallet is asked, so a
-/// crash after the hold leaves a row the reversal finds), and with it a fresh
-/// Idempotency-Key record: one statement, one round trip, one commit.
-/// `None` when the key is already recorded: `idempotency::begin` says what that means.
-pub async fn insert_pending_fresh(
+/// A fresh Idempotency-Key record to take with a new transaction.
+#[derive(Debug, Clone)]
+pub struct FreshKey {
+    pub user: Uuid,
+    pub key: String,
+    pub fingerprint: Vec<u8>,
+}
+
+/// Records transactions as PENDING (committed before wallet is asked, so a
+/// crash after the hold leaves a row the reversal finds), each with its fresh
+/// Idempotency-Key record: one statement and one commit for many requests
+/// (`crate::batches`). Per request, in order: the PENDING row, or `None` when
+/// its key is already recorded (also by an earlier request of the same batch):
+/// `idempotency::begin` says what that means.
+pub async fn insert_pending_many(
     pool: &PgPool,
-    t: &NewTransaction,
-    key: Option<(Uuid, &str, &[u8])>,
-) -> Result<Option<Transaction>, sqlx::Error> {
-    let Some((user, key, fingerprint)) = key else {
-        return insert_pending(pool, t, None).await.map(Some);
-    };
+    reqs: &[(NewTransaction, Option<FreshKey>)],
+) -> Result<Vec<Option<Transaction>>, sqlx::Error> {
+    // Keys are inserted in (user, key) order, so two batches sharing keys cannot deadlock.
     let sql = format!(
-        "WITH k AS (INSERT INTO txn.idempotency_keys (user_id, key, fingerprint, transaction_id) \
-                    VALUES ($8, $9, $10, $1) ON CONFLICT DO NOTHING RETURNING 1) \
-         {INSERT_PENDING} SELECT $1, $2, $3, $4, $5, $6, 'PENDING', $7 WHERE EXISTS (SELECT 1 FROM k) \
+        "WITH i AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], $6::text[], \
+                    $7::text[], $8::uuid[], $9::text[], $10::bytea[]) \
+                    AS i(id, from_user_id, to_user_id, amount, currency, description, correlation_id, \
+                         key_user, key, fingerprint)), \
+              k AS (INSERT INTO txn.idempotency_keys (user_id, key, fingerprint, transaction_id) \
+                    SELECT key_user, key, fingerprint, id FROM i WHERE key_user IS NOT NULL ORDER BY key_user, key \
+                    ON CONFLICT DO NOTHING RETURNING transaction_id) \
+         {INSERT_PENDING} SELECT id, from_user_id, to_user_id, amount, currency, description, 'PENDING', \
+                correlation_id FROM i WHERE key_user IS NULL OR id IN (SELECT transaction_id FROM k) \
          RETURNING {COLUMNS}"
     );
-    pending_insert(&sql, t).bind(user).bind(key).bind(fingerprint).fetch_optional(pool).await
+    let news = || reqs.iter().map(|(t, _)| t);
+    let keys = || reqs.iter().map(|(_, k)| k.as_ref());
+    let rows: Vec<Transaction> = sqlx::query_as(&sql)
+        .bind(news().map(|t| t.id).collect::<Vec<_>>())
+        .bind(news().map(|t| t.from).collect::<Vec<_>>())
+        .bind(news().map(|t| t.to).collect::<Vec<_>>())
+        .bind(news().map(|t| t.amount).collect::<Vec<_>>())
+        .bind(news().map(|t| t.currency.as_str()).collect::<Vec<_>>())
+        .bind(news().map(|t| t.description.as_deref()).collect::<Vec<_>>())
+        .bind(news().map(|t| t.correlation_id.as_str()).collect::<Vec<_>>())
+        .bind(keys().map(|k| k.map(|k| k.user)).collect::<Vec<_>>())
+        .bind(keys().map(|k| k.map(|k| k.key.as_str())).collect::<Vec<_>>())
+        .bind(keys().map(|k| k.map(|k| k.fingerprint.as_slice())).collect::<Vec<_>>())
+        .fetch_all(pool)
+        .await?;
+    let mut by_id: std::collections::HashMap<Uuid, Transaction> = rows.into_iter().map(|t| (t.id, t)).collect();
+    Ok(news().map(|t| by_id.remove(&t.id)).collect())
+}
+
+/// What [`accept_many`] writes for one accepted transaction.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub id: Uuid,
+    pub correlation_id: String,
+    /// The Idempotency-Key record (user, key) that stores the answer.
+    pub key: Option<(Uuid, String)>,
+    pub response: String,
+}
+
+/// The holds are placed: enqueue the settle request and remember the
+/// answers, for many transactions in one statement and one commit. One settle
+/// message carries them all (the worker settles it as one batch), so a burst
+/// of accepts costs the broker one message, not one each.
+pub async fn accept_many(pool: &PgPool, topology: &Topology, items: &[Accepted]) -> Result<(), sqlx::Error> {
+    let Some(first) = items.first() else { return Ok(()) };
+    let sql = format!(
+        "WITH i AS (SELECT * FROM unnest($6::uuid[], $7::text[], $8::text[]) AS i(key_user, key, response)), \
+              o AS ({INSERT_OUTBOX}) \
+         UPDATE txn.idempotency_keys k SET response_status = 201, response_body = i.response, completed_at = now() \
+         FROM i WHERE k.user_id = i.key_user AND k.key = i.key"
+    );
+    sqlx::query(&sql)
+        .bind(Uuid::now_v7())
+        .bind(topology.work_exchange())
+        .bind(payflow_messaging::topology::SETTLE)
+        .bind(first.correlation_id.as_str())
+        .bind(settle_body(&items.iter().map(|a| a.id).collect::<Vec<_>>()))
+        .bind(items.iter().map(|a| a.key.as_ref().map(|k| k.0)).collect::<Vec<_>>())
+        .bind(items.iter().map(|a| a.key.as_ref().map(|k| k.1.as_str())).collect::<Vec<_>>())
+        .bind(items.iter().map(|a| a.response.as_str()).collect::<Vec<_>>())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The settle message's body: `{"transactionId"}` for one (the shape every
+/// worker understands), `{"transactionIds":[...]}` for many.
+fn settle_body(ids: &[Uuid]) -> Value {
+    match ids {
+        [one] => serde_json::json!({ "transactionId": one }),
+        many => serde_json::json!({ "transactionIds": many }),
+    }
 }
 
 /// Records the transaction as PENDING, under an Idempotency-Key record that
@@ -103,35 +185,6 @@ pub async fn insert_pending(
          {INSERT_PENDING} {VALUES} RETURNING {COLUMNS}"
     );
     pending_insert(&sql, t).bind(user).bind(key).fetch_one(pool).await
-}
-
-/// The hold is placed: enqueue the settle request and remember the answer, in
-/// one statement (one round trip, one commit).
-pub async fn accept(
-    pool: &PgPool,
-    topology: &Topology,
-    t: &Transaction,
-    idempotency: Option<(Uuid, &str)>,
-    response: &Value,
-) -> Result<(), sqlx::Error> {
-    let sql = match idempotency {
-        None => INSERT_OUTBOX.to_string(),
-        Some(_) => format!(
-            "WITH o AS ({INSERT_OUTBOX}) UPDATE txn.idempotency_keys \
-             SET response_status = 201, response_body = $8, completed_at = now() WHERE user_id = $6 AND key = $7"
-        ),
-    };
-    let mut q = sqlx::query(&sql)
-        .bind(Uuid::now_v7())
-        .bind(topology.work_exchange())
-        .bind(payflow_messaging::topology::SETTLE)
-        .bind(t.correlation_id.as_deref().unwrap_or_default())
-        .bind(serde_json::json!({"transactionId": t.id}));
-    if let Some((user, key)) = idempotency {
-        q = q.bind(user).bind(key).bind(response.to_string());
-    }
-    q.execute(pool).await?;
-    Ok(())
 }
 
 /// Wallet refused the hold synchronously: nothing was held, so the row goes
@@ -228,22 +281,19 @@ pub async fn finish_in(
         );
     }
     let events = topology.events_exchange();
-    for t in &changed {
-        let key = match t.status {
-            Status::Completed => payflow_messaging::topology::COMPLETED,
-            _ => payflow_messaging::topology::FAILED,
-        };
-        insert_outbox(
-            tx,
-            OutboxMessage {
-                exchange: &events,
-                routing_key: key,
-                body: t.event_json(),
-                correlation_id: t.correlation_id.as_deref().unwrap_or_default(),
+    let messages: Vec<OutboxMessage> = changed
+        .iter()
+        .map(|t| OutboxMessage {
+            exchange: &events,
+            routing_key: match t.status {
+                Status::Completed => payflow_messaging::topology::COMPLETED,
+                _ => payflow_messaging::topology::FAILED,
             },
-        )
-        .await?;
-    }
+            body: t.event_json(),
+            correlation_id: t.correlation_id.as_deref().unwrap_or_default(),
+        })
+        .collect();
+    insert_outbox(tx, &messages).await?;
     Ok(changed)
 }
 

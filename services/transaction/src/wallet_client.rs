@@ -19,6 +19,17 @@ pub struct WalletClient {
     pending_timeout_secs: u64,
 }
 
+/// A hold to place for a payment.
+#[derive(Debug, Clone)]
+pub struct HoldRequest {
+    pub id: Uuid,
+    pub from: Uuid,
+    pub to: Uuid,
+    pub amount: i64,
+    pub currency: String,
+    pub correlation_id: String,
+}
+
 /// Outcome of placing a hold.
 #[derive(Debug)]
 pub enum Hold {
@@ -79,25 +90,42 @@ impl WalletClient {
         Err(last)
     }
 
-    pub async fn hold(
-        &self,
-        id: Uuid,
-        from: Uuid,
-        to: Uuid,
-        amount: i64,
-        currency: &str,
-        correlation_id: &str,
-    ) -> Hold {
-        let body = json!({
-            "id": id, "fromUserId": from, "toUserId": to, "amount": amount,
-            "currency": currency, "timeoutSeconds": self.pending_timeout_secs,
-        });
-        match self.call("/internal/transfers", Some(&body), correlation_id).await {
-            Ok((200 | 201, t)) if t["state"] == "pending" => Hold::Held,
-            Ok((status @ (400 | 404 | 422), body)) => Hold::Refused(status, body),
-            Ok((status, body)) => Hold::Unknown(format!("wallet answered {status}: {body}")),
-            Err(e) => Hold::Unknown(e),
-        }
+    /// Places the holds of many payments in one wallet call (one commit at
+    /// wallet); the outcome of each, in order. A failed call leaves every
+    /// outcome unknown.
+    pub async fn hold_many(&self, holds: &[HoldRequest]) -> Vec<Hold> {
+        let transfers: Vec<Value> = holds
+            .iter()
+            .map(|h| {
+                json!({
+                    "id": h.id, "fromUserId": h.from, "toUserId": h.to, "amount": h.amount,
+                    "currency": h.currency, "timeoutSeconds": self.pending_timeout_secs,
+                })
+            })
+            .collect();
+        // One header for the call: the batch's first correlation id (each is in the transaction row).
+        let correlation_id = holds.first().map(|h| h.correlation_id.as_str()).unwrap_or_default();
+        let body = json!({ "transfers": transfers });
+        let items = match self.call("/internal/transfers/hold-batch", Some(&body), correlation_id).await {
+            Ok((200, Value::Array(items))) if items.len() == holds.len() => items,
+            Ok((status, body)) => {
+                let reason = format!("wallet answered {status}: {body}");
+                return holds.iter().map(|_| Hold::Unknown(reason.clone())).collect();
+            }
+            Err(e) => return holds.iter().map(|_| Hold::Unknown(e.clone())).collect(),
+        };
+        items
+            .into_iter()
+            .map(|mut item| {
+                let status = item["status"].as_u64().and_then(|s| u16::try_from(s).ok()).unwrap_or(0);
+                let body = item["body"].take();
+                match status {
+                    200 | 201 if body["state"] == "pending" => Hold::Held,
+                    400 | 404 | 422 => Hold::Refused(status, body),
+                    _ => Hold::Unknown(format!("wallet answered {status}: {body}")),
+                }
+            })
+            .collect()
     }
 
     pub async fn post(&self, id: Uuid, correlation_id: &str) -> Result<Resolution, Unavailable> {

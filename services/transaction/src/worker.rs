@@ -15,7 +15,7 @@ use payflow_common::health::Readiness;
 use payflow_common::metrics::{Metrics, LATENCY_BUCKETS};
 
 use payflow_common::server::{self, ServiceInfo};
-use payflow_messaging::{connect_with_retry, Incoming, Message, Publisher, Topology};
+use payflow_messaging::{connect_with_retry, Incoming, Message, Poison, Publisher, Topology};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts};
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -27,10 +27,25 @@ use crate::model::Status;
 use crate::store;
 use crate::wallet_client::{Resolution, WalletClient};
 
+/// A settle message: `{"transactionId"}`, or `{"transactionIds":[...]}` for
+/// the transactions accepted together (one message per accept batch).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Settle {
-    transaction_id: Uuid,
+    transaction_id: Option<Uuid>,
+    #[serde(default)]
+    transaction_ids: Vec<Uuid>,
+}
+
+impl Settle {
+    fn ids(&self) -> impl Iterator<Item = &Uuid> {
+        self.transaction_id.iter().chain(self.transaction_ids.iter())
+    }
+
+    /// Names at least one transaction (else the message is poison).
+    fn names_any(&self) -> bool {
+        self.ids().next().is_some()
+    }
 }
 
 #[derive(Clone)]
@@ -181,7 +196,14 @@ impl Worker {
         self.metrics.batch_size.observe(batch.len() as f64);
         let mut work: Vec<(Delivery, Incoming<Settle>)> = Vec::with_capacity(batch.len());
         for d in batch {
-            match Incoming::<Settle>::parse(&d) {
+            let parsed = Incoming::<Settle>::parse(&d).and_then(|m| {
+                if m.body.names_any() {
+                    Ok(m)
+                } else {
+                    Err(Poison::BadBody("names no transaction".into()))
+                }
+            });
+            match parsed {
                 Ok(m) => work.push((d, m)),
                 Err(reason) => {
                     tracing::warn!(%reason, "poison settle message: dead-lettering");
@@ -194,7 +216,8 @@ impl Worker {
             return Ok(());
         }
         let mut seen = HashSet::new();
-        let ids: Vec<Uuid> = work.iter().map(|(_, m)| m.body.transaction_id).filter(|id| seen.insert(*id)).collect();
+        let ids: Vec<Uuid> =
+            work.iter().flat_map(|(_, m)| m.body.ids()).copied().filter(|id| seen.insert(*id)).collect();
         sqlx::query(
             "UPDATE txn.transactions SET status = 'PROCESSING', processing_started_at = now() \
              WHERE id = ANY($1) AND status = 'PENDING'",
@@ -239,7 +262,7 @@ impl Worker {
             }
         }
         for (d, m) in work {
-            if unresolved.contains(&m.body.transaction_id) {
+            if m.body.ids().any(|id| unresolved.contains(id)) {
                 self.retry_later(d, &m, retry).await?;
             } else {
                 self.metrics.messages.with_label_values(&["settled"]).inc();

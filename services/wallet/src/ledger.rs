@@ -3,6 +3,7 @@
 //! a read-then-write, and locks account rows in id order so two transfers in
 //! opposite directions cannot deadlock each other.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -106,9 +107,6 @@ pub enum Outcome<T> {
 const MAX_ATTEMPTS: u32 = 8;
 
 /// Runs `op` again on deadlocks, serialization failures and [`LedgerError::Retry`].
-/// SQLSTATE raised by `wallet.hold` when the available balance is too low.
-const INSUFFICIENT_FUNDS: &str = "PF001";
-
 async fn retrying<T, F, Fut>(mut op: F) -> Result<T, LedgerError>
 where
     F: FnMut() -> Fut,
@@ -231,54 +229,80 @@ pub async fn create_wallet(
 /// Places a hold: a pending transfer that reduces the sender's available balance.
 /// Repeating an identical request is a success; reusing the id otherwise is a conflict.
 pub async fn create_pending(pool: &PgPool, new: &NewTransfer) -> Result<Outcome<Transfer>, LedgerError> {
-    if new.from == new.to {
-        return Err(LedgerError::SameAccount);
+    let mut results = create_pending_many(pool, std::slice::from_ref(new)).await?;
+    results.pop().unwrap_or(Err(LedgerError::Retry))
+}
+
+/// Places the holds of many payments in one statement and one commit; the
+/// outcome of each, in the order given (one refusal does not undo the others).
+pub async fn create_pending_many(
+    pool: &PgPool,
+    news: &[NewTransfer],
+) -> Result<Vec<Result<Outcome<Transfer>, LedgerError>>, LedgerError> {
+    // wallet.hold_batch (migrations/0003_hold_batch_function.sql) checks everything below
+    // again; a self-transfer is refused here because the function does not look for it.
+    // An id given twice is sent once: the repeat compares with what the first stored.
+    let mut seen = std::collections::HashSet::with_capacity(news.len());
+    let valid: Vec<&NewTransfer> = news.iter().filter(|n| n.from != n.to && seen.insert(n.id.0)).collect();
+    let mut outcomes: HashMap<Uuid, HoldRow> = HashMap::with_capacity(valid.len());
+    if !valid.is_empty() {
+        let rows: Vec<HoldRow> = retrying(|| async {
+            Ok(sqlx::query_as(
+                "SELECT o_id, o_outcome, o_created_at, o_timeout_at FROM wallet.hold_batch($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(valid.iter().map(|n| n.id.0).collect::<Vec<_>>())
+            .bind(valid.iter().map(|n| n.from.0).collect::<Vec<_>>())
+            .bind(valid.iter().map(|n| n.to.0).collect::<Vec<_>>())
+            .bind(valid.iter().map(|n| n.amount).collect::<Vec<_>>())
+            .bind(valid.iter().map(|n| n.currency.code()).collect::<Vec<_>>())
+            .bind(valid.iter().map(|n| n.timeout.as_secs_f64()).collect::<Vec<_>>())
+            .fetch_all(pool)
+            .await?)
+        })
+        .await?;
+        outcomes.extend(rows.into_iter().map(|row| (row.0, row)));
     }
-    // One call of wallet.hold (migrations/0002_hold_function.sql): one round trip, one commit.
-    let created = retrying(|| async {
-        let row: (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
-            sqlx::query_as("SELECT outcome, created_at, timeout_at FROM wallet.hold($1, $2, $3, $4, $5, $6)")
-                .bind(new.id.0)
-                .bind(new.from.0)
-                .bind(new.to.0)
-                .bind(new.amount)
-                .bind(new.currency.code())
-                .bind(new.timeout.as_secs_f64())
-                .fetch_one(pool)
-                .await
-                .map_err(|e| match &e {
-                    sqlx::Error::Database(db) if db.code().as_deref() == Some(INSUFFICIENT_FUNDS) => {
-                        LedgerError::InsufficientFunds
-                    }
-                    _ => LedgerError::Db(e),
-                })?;
-        match row {
-            (outcome, Some(created_at), timeout_at) if outcome == "created" => Ok(Some((created_at, timeout_at))),
-            (outcome, ..) => match outcome.as_str() {
-                "exists" => Ok(None),
-                "sender_not_found" => Err(LedgerError::SenderNotFound),
-                "recipient_not_found" => Err(LedgerError::RecipientNotFound),
-                "currency_mismatch" => Err(LedgerError::CurrencyMismatch),
-                other => Err(LedgerError::Db(sqlx::Error::Protocol(format!("wallet.hold answered {other:?}")))),
-            },
+    let mut results = Vec::with_capacity(news.len());
+    for new in news {
+        if new.from == new.to {
+            results.push(Err(LedgerError::SameAccount));
+            continue;
         }
-    })
-    .await?;
-    // Created now: everything is known, no need to read it back (this is every accept's path).
-    if let Some((created_at, timeout_at)) = created {
-        return Ok(Outcome::Created(Transfer {
-            id: new.id.0,
-            kind: "payment".into(),
-            from_user_id: Some(new.from.0),
-            to_user_id: Some(new.to.0),
-            amount: Some(new.amount),
-            currency: Some(new.currency.code().to_string()),
-            state: TransferState::Pending,
-            timeout_at,
-            created_at,
-            resolved_at: None,
-        }));
+        // The first occurrence of an id takes its row; a repeat finds it taken.
+        let Some((_, outcome, created_at, timeout_at)) = outcomes.remove(&new.id.0) else {
+            results.push(existing(pool, new).await);
+            continue;
+        };
+        results.push(match (outcome.as_str(), created_at) {
+            // Created now: everything is known, no need to read it back (every accept's path).
+            ("created", Some(created_at)) => Ok(Outcome::Created(Transfer {
+                id: new.id.0,
+                kind: "payment".into(),
+                from_user_id: Some(new.from.0),
+                to_user_id: Some(new.to.0),
+                amount: Some(new.amount),
+                currency: Some(new.currency.code().to_string()),
+                state: TransferState::Pending,
+                timeout_at,
+                created_at,
+                resolved_at: None,
+            })),
+            ("exists", _) => existing(pool, new).await,
+            ("insufficient_funds", _) => Err(LedgerError::InsufficientFunds),
+            ("sender_not_found", _) => Err(LedgerError::SenderNotFound),
+            ("recipient_not_found", _) => Err(LedgerError::RecipientNotFound),
+            ("currency_mismatch", _) => Err(LedgerError::CurrencyMismatch),
+            (other, _) => Err(LedgerError::Db(sqlx::Error::Protocol(format!("wallet.hold_batch answered {other:?}")))),
+        });
     }
+    Ok(results)
+}
+
+/// `wallet.hold_batch`'s answer for one id: outcome, created_at, timeout_at.
+type HoldRow = (Uuid, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// The id was taken: the same request again is a success, anything else a conflict.
+async fn existing(pool: &PgPool, new: &NewTransfer) -> Result<Outcome<Transfer>, LedgerError> {
     let transfer = get_transfer(pool, new.id).await?.ok_or(LedgerError::Retry)?;
     if transfer.kind == "tombstone" {
         return Err(LedgerError::AlreadyVoided);

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::PgPool;
+use tracing::{Instrument, Span};
 
 use crate::config::Config;
 use crate::metrics::Counters;
@@ -74,37 +75,40 @@ impl Channels {
     }
 
     /// Delivers every notification through every channel, concurrently, and
-    /// records each attempt. Errors here are logged, never returned: the
-    /// notifications are already stored.
+    /// records all attempts in one statement. Each notification comes with
+    /// its event's correlation id and log span. Errors here are logged, never
+    /// returned: the notifications are already stored.
     pub async fn deliver_all(
         &self,
         pool: &PgPool,
         counters: &Counters,
-        notifications: &[Notification],
-        correlation_id: &str,
+        notifications: &[(Notification, String, Span)],
     ) {
-        let attempts = notifications.iter().flat_map(|n| {
-            self.0.iter().map(move |ch| async move {
-                let result = match tokio::time::timeout(DELIVERY_DEADLINE, ch.deliver(n, correlation_id)).await {
-                    Ok(Ok(Sent::Delivered)) => DeliveryResult::Ok,
-                    Ok(Ok(Sent::Skipped(why))) => DeliveryResult::Skipped(why),
-                    Ok(Err(e)) => DeliveryResult::Failed(format!("{e:#}")),
-                    Err(_) => DeliveryResult::Failed("timed out".into()),
-                };
-                if let DeliveryResult::Failed(error) = &result {
-                    tracing::warn!(
-                        channel = ch.name(),
-                        notification_id = %n.id,
-                        %error,
-                        "notification delivery failed"
-                    );
+        let attempts = notifications.iter().flat_map(|(n, correlation_id, span)| {
+            self.0.iter().map(move |ch| {
+                async move {
+                    let result = match tokio::time::timeout(DELIVERY_DEADLINE, ch.deliver(n, correlation_id)).await {
+                        Ok(Ok(Sent::Delivered)) => DeliveryResult::Ok,
+                        Ok(Ok(Sent::Skipped(why))) => DeliveryResult::Skipped(why),
+                        Ok(Err(e)) => DeliveryResult::Failed(format!("{e:#}")),
+                        Err(_) => DeliveryResult::Failed("timed out".into()),
+                    };
+                    if let DeliveryResult::Failed(error) = &result {
+                        tracing::warn!(
+                            channel = ch.name(),
+                            notification_id = %n.id,
+                            %error,
+                            "notification delivery failed"
+                        );
+                    }
+                    counters.deliveries.with_label_values(&[ch.name(), result.label()]).inc();
+                    (n.id, ch.name(), result)
                 }
-                counters.deliveries.with_label_values(&[ch.name(), result.label()]).inc();
-                (n.id, ch.name(), result)
+                .instrument(span.clone())
             })
         });
         let results = futures::future::join_all(attempts).await;
-        // One statement for every attempt of the event, not one commit each.
+        // One statement for every attempt of the batch, not one commit each.
         if let Err(e) = store::record_deliveries(pool, &results).await {
             tracing::warn!(error = %e, attempts = results.len(), "could not record delivery attempts");
         }

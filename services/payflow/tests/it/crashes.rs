@@ -120,17 +120,19 @@ async fn a_message_delivered_twice_settles_once() {
     let s = Stack::start().await;
     let (a, ids) = send_some(&s, 3).await;
     wait_final(&s, &ids, Duration::from_secs(15)).await;
-    // Publish every settle message again, as a broker redelivery would.
+    // Publish every settle message again, as a broker redelivery would, and
+    // once more as one message naming them all (the shape of an accept batch).
     let conn = payflow_messaging::connect(&amqp_url()).await.expect("amqp");
     let publisher = payflow_messaging::Publisher::new(&conn).await.expect("publisher");
     let topology = s.txn_cfg.amqp.topology();
-    for id in &ids {
+    let bodies = ids.iter().map(|id| json!({"transactionId": id})).chain([json!({"transactionIds": ids})]);
+    for body in bodies {
         let msg = payflow_messaging::Message {
             id: Uuid::new_v4(),
             kind: payflow_messaging::topology::SETTLE.into(),
             correlation_id: "duplicate-test".into(),
             timestamp: 0,
-            body: json!({"transactionId": id}).to_string().into_bytes(),
+            body: body.to_string().into_bytes(),
         };
         publisher.publish(&topology.work_exchange(), payflow_messaging::topology::SETTLE, &msg).await.expect("publish");
     }
@@ -153,26 +155,33 @@ async fn a_poison_settle_message_ends_in_the_dead_letter_queue() {
     let topology = s.txn_cfg.amqp.topology();
     // The stack's processes may not have declared it yet; an unroutable message would vanish.
     topology.declare(publisher.channel()).await.expect("declare");
-    let poison = payflow_messaging::Message {
-        id: Uuid::new_v4(),
-        kind: payflow_messaging::topology::SETTLE.into(),
-        correlation_id: "poison-test".into(),
-        timestamp: 0,
-        body: b"{not json".to_vec(),
-    };
-    publisher.publish(&topology.work_exchange(), payflow_messaging::topology::SETTLE, &poison).await.expect("publish");
+    let poisons: [&[u8]; 2] = [b"{not json", br#"{"transactionIds":[]}"#];
+    for body in poisons {
+        let poison = payflow_messaging::Message {
+            id: Uuid::new_v4(),
+            kind: payflow_messaging::topology::SETTLE.into(),
+            correlation_id: "poison-test".into(),
+            timestamp: 0,
+            body: body.to_vec(),
+        };
+        let (exchange, key) = (topology.work_exchange(), payflow_messaging::topology::SETTLE);
+        publisher.publish(&exchange, key, &poison).await.expect("publish");
+    }
     let dlq = topology.dead_letter_queue(&topology.transactions_queue());
     let ch = conn.create_channel().await.expect("channel");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let got = loop {
+    let mut dead = Vec::new();
+    while dead.len() < poisons.len() {
         let got = ch.basic_get(&dlq, lapin::options::BasicGetOptions { no_ack: true }).await.expect("basic_get");
-        if let Some(m) = got {
-            break m;
+        match got {
+            Some(m) => dead.push(m.delivery.data.clone()),
+            None => {
+                assert!(std::time::Instant::now() < deadline, "the poison messages did not reach {dlq}: {dead:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        assert!(std::time::Instant::now() < deadline, "the poison message did not reach {dlq}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(got.delivery.data, b"{not json".to_vec());
+    }
+    assert_eq!(dead, poisons.map(<[u8]>::to_vec));
     // The worker goes on: a normal transfer still settles.
     let (_, ids) = send_some(&s, 1).await;
     wait_final(&s, &ids, Duration::from_secs(15)).await;

@@ -159,3 +159,57 @@ async fn retries_are_idempotent_and_reused_ids_conflict() {
     assert_eq!(status, 422);
     s.assert_ledger_ok().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_batch_answers_each_hold_as_the_single_call_would() {
+    let s = Stack::start().await;
+    let (a, b) = (wallet(&s).await, wallet(&s).await);
+    let id = |_| Uuid::new_v4().to_string();
+    let (ok, again, big, same, ghost_to, bad, tail) = (id(0), id(0), id(0), id(0), id(0), id(0), id(0));
+    let mut repeated = transfer(&ok, &a, &b, 400);
+    repeated["amount"] = json!(401);
+    let mut zero = transfer(&bad, &a, &b, 0);
+    zero["amount"] = json!(0);
+    let batch = json!({"transfers": [
+        transfer(&ok, &a, &b, 400),
+        transfer(&again, &a, &b, 300),
+        // 1000.00 - 4.00 - 3.00 leaves too little for this one, not for the last one.
+        transfer(&big, &a, &b, 99_500),
+        transfer(&same, &a, &a, 1),
+        transfer(&ghost_to, &a, &Uuid::new_v4().to_string(), 1),
+        zero,
+        repeated,
+        transfer(&again, &a, &b, 300),
+        transfer(&tail, &a, &b, 99_000),
+    ]});
+    let (status, items) = s.internal(Method::POST, "/internal/transfers/hold-batch", Some(batch)).await;
+    assert_eq!(status, 200, "{items}");
+    let answers: Vec<(String, u64, String)> = items
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|i| {
+            let code = i["body"]["code"].as_str().or(i["body"]["state"].as_str()).unwrap_or_default();
+            (i["id"].as_str().unwrap_or_default().to_string(), i["status"].as_u64().unwrap_or(0), code.to_string())
+        })
+        .collect();
+    let expected = [
+        (ok.clone(), 201, "pending"),
+        (again.clone(), 201, "pending"),
+        (big, 422, "insufficient_funds"),
+        (same, 400, "self_transfer"),
+        (ghost_to, 404, "recipient_not_found"),
+        (bad, 400, "validation_failed"),
+        (ok, 409, "transfer_conflict"),
+        (again, 200, "pending"),
+        (tail, 201, "pending"),
+    ];
+    let expected: Vec<(String, u64, String)> = expected.into_iter().map(|(i, s, c)| (i, s, c.to_string())).collect();
+    assert_eq!(answers, expected);
+    // Held: 4.00 + 3.00 + 990.00, once each.
+    assert_eq!(balances(&s, &a).await, ("1000.00".into(), "3.00".into()));
+
+    let (status, _) = s.internal(Method::POST, "/internal/transfers/hold-batch", Some(json!({"transfers": []}))).await;
+    assert_eq!(status, 400);
+    s.assert_ledger_ok().await;
+}

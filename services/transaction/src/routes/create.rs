@@ -1,6 +1,7 @@
 //! `POST /api/transactions`: validate, deduplicate, record, hold, enqueue.
 //!
-//! Order of effects, each committed before the next starts:
+//! Order of effects, each committed before the next starts (each write is
+//! shared with the requests arriving at the same moment: `crate::batches`):
 //! 1. the transaction row (PENDING), so any later crash leaves something the reversal finds;
 //! 2. the hold at wallet (a pending transfer with a timeout, keyed by the transaction id);
 //! 3. the settle message in the outbox together with the stored idempotent answer.
@@ -23,8 +24,8 @@ use uuid::Uuid;
 
 use crate::idempotency::{self, Begin};
 use crate::state::AppState;
-use crate::store::{self, NewTransaction};
-use crate::wallet_client::{Hold, Resolution};
+use crate::store::{self, Accepted, FreshKey, NewTransaction};
+use crate::wallet_client::{Hold, HoldRequest, Resolution};
 
 /// Fields a client must never set; refused rather than silently ignored.
 const FORBIDDEN: &[&str] = &["id", "status", "balance", "error_message", "completed_at", "currency"];
@@ -149,9 +150,10 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
     };
     let idem = key.as_deref().map(|k| (caller, k));
     let fp = key.as_ref().map(|_| idempotency::fingerprint(v.to, v.amount, &new.currency, new.description.as_deref()));
-    // The common case, a new key (or none), records key and transaction in one statement.
-    let fresh = idem.zip(fp.as_deref()).map(|((user, k), fp)| (user, k, fp));
-    let t = match store::insert_pending_fresh(&s.pool, &new, fresh).await? {
+    // The common case, a new key (or none), records key and transaction in one statement
+    // (shared with the requests arriving at the same moment).
+    let fresh = key.clone().zip(fp.clone()).map(|(key, fingerprint)| FreshKey { user: caller, key, fingerprint });
+    let t = match s.batches.insert_pending(new.clone(), fresh).await? {
         Some(t) => t,
         None => {
             let (k, fp) = (key.as_deref().unwrap_or_default(), fp.as_deref().unwrap_or_default());
@@ -184,14 +186,28 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
             }
         }
     };
-    match s.wallet.hold(t.id, t.from_user_id, t.to_user_id, t.amount, &t.currency, &new.correlation_id).await {
+    let hold = HoldRequest {
+        id: t.id,
+        from: t.from_user_id,
+        to: t.to_user_id,
+        amount: t.amount,
+        currency: t.currency.clone(),
+        correlation_id: new.correlation_id.clone(),
+    };
+    match s.batches.hold(hold).await {
         Hold::Held => {
-            let body = t.accepted_json();
-            store::accept(&s.pool, &s.topology, &t, idem, &body).await?;
+            let body = t.accepted_json().to_string();
+            let accepted = Accepted {
+                id: t.id,
+                correlation_id: new.correlation_id.clone(),
+                key: idem.map(|(user, k)| (user, k.to_string())),
+                response: body.clone(),
+            };
+            s.batches.accept(accepted).await?;
             s.relay_wake.notify_one();
             s.txn_metrics.accepted.inc();
             crate::fault::point("transaction-after-accept");
-            Ok(json_response(201, body.to_string(), false))
+            Ok(json_response(201, body, false))
         }
         Hold::Refused(status, err) => {
             let body = json!({"error": err["error"], "code": err["code"]});

@@ -70,36 +70,88 @@ pub struct CreateTransfer {
     timeout_seconds: Option<u64>,
 }
 
+impl CreateTransfer {
+    /// The hold this asks for, or what is wrong with it.
+    fn parse(self) -> ApiResult<NewTransfer> {
+        let mut details = Vec::new();
+        if self.amount <= 0 {
+            details.push(FieldError::new("amount", "must be a positive number of minor units"));
+        }
+        let timeout = self.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECS);
+        if timeout == 0 || timeout > MAX_TIMEOUT_SECS {
+            details.push(FieldError::new("timeoutSeconds", format!("must be 1-{MAX_TIMEOUT_SECS}")));
+        }
+        if !details.is_empty() {
+            return Err(ApiError::validation(details));
+        }
+        Ok(NewTransfer {
+            id: self.id,
+            from: self.from_user_id,
+            to: self.to_user_id,
+            amount: self.amount,
+            currency: self.currency,
+            timeout: Duration::from_secs(timeout),
+        })
+    }
+}
+
+fn created_answer(outcome: Outcome<ledger::Transfer>) -> (StatusCode, Json<Value>) {
+    answer(match outcome {
+        Outcome::Created(t) => Outcome::Created(transfer_json(&t)),
+        Outcome::Existing(t) => Outcome::Existing(transfer_json(&t)),
+    })
+}
+
 /// `POST /internal/transfers`: places the hold of a payment (201), or finds
 /// the identical earlier request (200).
 pub async fn create_transfer(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CreateTransfer>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let mut details = Vec::new();
-    if req.amount <= 0 {
-        details.push(FieldError::new("amount", "must be a positive number of minor units"));
+    let new = req.parse()?;
+    Ok(created_answer(ledger::create_pending(&state.pool, &new).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldBatch {
+    transfers: Vec<CreateTransfer>,
+}
+
+/// Most holds one batch may place (keeps the body under the 10 KB limit).
+const MAX_HOLD_BATCH: usize = 40;
+
+/// `POST /internal/transfers/hold-batch` `{"transfers":[...]}`: the holds of
+/// many payments in one commit. Answers 200 with `[{"id","status","body"}]`,
+/// in request order, each item what `POST /internal/transfers` would have
+/// answered for it (201 created, 200 the same request again, 4xx refused).
+pub async fn hold_batch(State(state): State<AppState>, ApiJson(req): ApiJson<HoldBatch>) -> ApiResult<Json<Value>> {
+    if req.transfers.is_empty() || req.transfers.len() > MAX_HOLD_BATCH {
+        return Err(ApiError::validation(vec![FieldError::new(
+            "transfers",
+            format!("must hold 1-{MAX_HOLD_BATCH} transfers"),
+        )]));
     }
-    let timeout = req.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECS);
-    if timeout == 0 || timeout > MAX_TIMEOUT_SECS {
-        details.push(FieldError::new("timeoutSeconds", format!("must be 1-{MAX_TIMEOUT_SECS}")));
-    }
-    if !details.is_empty() {
-        return Err(ApiError::validation(details));
-    }
-    let new = NewTransfer {
-        id: req.id,
-        from: req.from_user_id,
-        to: req.to_user_id,
-        amount: req.amount,
-        currency: req.currency,
-        timeout: Duration::from_secs(timeout),
-    };
-    let outcome = ledger::create_pending(&state.pool, &new).await?;
-    Ok(answer(match outcome {
-        Outcome::Created(t) => Outcome::Created(transfer_json(&t)),
-        Outcome::Existing(t) => Outcome::Existing(transfer_json(&t)),
-    }))
+    let ids: Vec<TransferId> = req.transfers.iter().map(|t| t.id).collect();
+    let parsed: Vec<ApiResult<NewTransfer>> = req.transfers.into_iter().map(CreateTransfer::parse).collect();
+    let valid: Vec<NewTransfer> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+    let mut held = ledger::create_pending_many(&state.pool, &valid).await?.into_iter();
+    let items = ids
+        .into_iter()
+        .zip(parsed)
+        .map(|(id, p)| {
+            let answer = p.and_then(|_| held.next().unwrap_or(Err(ledger::LedgerError::Retry)).map_err(ApiError::from));
+            let (status, body) = match answer {
+                Ok(outcome) => {
+                    let (status, Json(body)) = created_answer(outcome);
+                    (status, body)
+                }
+                Err(e) => (e.status, e.to_json()),
+            };
+            serde_json::json!({"id": id.0, "status": status.as_u16(), "body": body})
+        })
+        .collect();
+    Ok(Json(Value::Array(items)))
 }
 
 pub async fn get_transfer(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {

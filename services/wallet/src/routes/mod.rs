@@ -20,6 +20,7 @@ pub fn router(state: AppState) -> Router {
         .route("/internal/wallets/{user_id}", get(internal::get_wallet))
         .route("/internal/transfers", post(internal::create_transfer))
         .route("/internal/transfers/{id}", get(internal::get_transfer))
+        .route("/internal/transfers/hold-batch", post(internal::hold_batch))
         .route("/internal/transfers/post-batch", post(internal::post_batch))
         .route("/internal/transfers/{id}/post", post(internal::post_transfer))
         .route("/internal/transfers/{id}/void", post(internal::void_transfer))
