@@ -12,6 +12,8 @@
 #   --users N             users to register (default 500)
 #   --drain-timeout SECS  most seconds to wait for a level to settle (default 60)
 #   --no-pgbench          skip the pgbench comparison
+#   --no-paced            skip the last level: open loop at half the peak
+#                         accepted/s (the p99 target is judged there)
 #   -h, --help            this text
 #
 # Environment: PAYFLOW_PG_FAST=1 runs Postgres without fsync (only when this
@@ -35,6 +37,7 @@ DURATION=10
 USERS=500
 DRAIN=60
 PGBENCH=1
+PACED_ARGS=()
 ORIG_ARGS=("$@")
 while (($#)); do
     case "$1" in
@@ -44,6 +47,7 @@ while (($#)); do
         --users) USERS="${2:?--users needs a number}"; shift 2 ;;
         --drain-timeout) DRAIN="${2:?--drain-timeout needs seconds}"; shift 2 ;;
         --no-pgbench) PGBENCH=0; shift ;;
+        --no-paced) PACED_ARGS=(--no-paced); shift ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown option '$1'" ;;
     esac
@@ -144,7 +148,7 @@ log "running payflow-bench (levels $LEVELS, ${DURATION}s each, $USERS users); re
     printf '` on %s (git %s)\n\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(git describe --always --dirty 2>/dev/null || echo '?')"
 } | tee "$REPORT"
 "$BENCH_BIN" --gateway "$GATEWAY" --levels "$LEVELS" --duration "$DURATION" --users "$USERS" \
-    --drain-timeout "$DRAIN" --metrics-urls "$METRICS_URLS" | tee -a "$REPORT"
+    --drain-timeout "$DRAIN" --metrics-urls "$METRICS_URLS" "${PACED_ARGS[@]}" | tee -a "$REPORT"
 printf '\nPostgres: %s (PayFlow and pgbench alike).\n' "$pg_settings" | tee -a "$REPORT"
 # Money must still add up after the load: balances sum to zero and match the ledger.
 ledger="$(PAYFLOW_LOG=error "$BIN" ledger-check 2>&1 >/dev/null | tail -n1)" || warn "ledger check failed: $ledger"

@@ -21,7 +21,7 @@ const MAX_BATCH: usize = 64;
 /// Most holds one wallet call places (wallet's own limit).
 const MAX_HOLDS: usize = 40;
 /// Batches of one kind running at once: while one commits, the next gathers.
-const PARALLEL: usize = 2;
+const PARALLEL: usize = 4;
 
 type Pending = (NewTransaction, Option<FreshKey>);
 

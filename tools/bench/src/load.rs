@@ -169,6 +169,82 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("static histogram bounds")
 }
 
+/// A random sender and receiver (never the same user).
+fn pick_pair(rng: &mut StdRng, n: usize) -> (usize, usize) {
+    let from = rng.gen_range(0..n);
+    let mut to = rng.gen_range(0..n - 1);
+    if to >= from {
+        to += 1;
+    }
+    (from, to)
+}
+
+/// One `POST /api/transactions` with a fresh Idempotency-Key: the new
+/// transaction's id, or what went wrong (HTTP status, `io`, `timeout`, `bad-201`).
+async fn send_one(client: &reqwest::Client, url: &str, from: &User, to: &User, amount: &str) -> Result<Uuid, String> {
+    let body = format!(r#"{{"toUserId":"{}","amount":"{amount}"}}"#, to.id);
+    let res = client
+        .post(url)
+        .bearer_auth(&from.access_token)
+        .header("idempotency-key", Uuid::new_v4().to_string())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await;
+    match res {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            match r.bytes().await {
+                Ok(b) if status == 201 => {
+                    serde_json::from_slice::<Accepted>(&b).map(|a| a.id).map_err(|_| "bad-201".into())
+                }
+                Ok(_) => Err(status.to_string()),
+                Err(e) if e.is_timeout() => Err("timeout".to_string()),
+                Err(_) => Err("io".to_string()),
+            }
+        }
+        Err(e) if e.is_timeout() => Err("timeout".to_string()),
+        Err(_) => Err("io".to_string()),
+    }
+}
+
+/// What one sender saw: latencies of 201s, their ids, other outcomes.
+struct Tally {
+    hist: Histogram<u64>,
+    ids: Vec<Uuid>,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self { hist: new_histogram(), ids: Vec::new(), errors: BTreeMap::new() }
+    }
+
+    /// Records an outcome; `since` is when the request was due.
+    fn record(&mut self, outcome: Result<Uuid, String>, since: Instant) {
+        match outcome {
+            Ok(id) => {
+                self.hist.saturating_record(since.elapsed().as_micros().clamp(1, 600_000_000) as u64);
+                self.ids.push(id);
+            }
+            Err(kind) => *self.errors.entry(kind).or_default() += 1,
+        }
+    }
+
+    fn merge_into(self, result: &mut LoadResult) -> anyhow::Result<()> {
+        result.accept_latency.add(&self.hist).map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
+        result.ids.extend(self.ids);
+        for (k, v) in self.errors {
+            *result.errors.entry(k).or_default() += v;
+        }
+        Ok(())
+    }
+}
+
+fn empty_result() -> LoadResult {
+    LoadResult { elapsed: Duration::ZERO, accept_latency: new_histogram(), ids: Vec::new(), errors: BTreeMap::new() }
+}
+
 /// Runs `concurrency` closed-loop senders for `duration`; random sender and
 /// receiver (never the same user), `amount` each, a fresh Idempotency-Key per request.
 pub async fn closed_loop(
@@ -189,74 +265,72 @@ pub async fn closed_loop(
         let (client, url, users, amount) = (client.clone(), url.clone(), users.clone(), amount.clone());
         tasks.spawn(async move {
             let mut rng = StdRng::from_entropy();
-            let mut hist = new_histogram();
-            let mut ids = Vec::new();
-            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-            let n = users.len();
+            let mut tally = Tally::new();
             while Instant::now() < deadline {
-                let from = rng.gen_range(0..n);
-                let mut to = rng.gen_range(0..n - 1);
-                if to >= from {
-                    to += 1;
-                }
-                let body = format!(r#"{{"toUserId":"{}","amount":"{amount}"}}"#, users[to].id);
+                let (from, to) = pick_pair(&mut rng, users.len());
                 let sent = Instant::now();
-                let res = client
-                    .post(&*url)
-                    .bearer_auth(&users[from].access_token)
-                    .header("idempotency-key", Uuid::new_v4().to_string())
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                let outcome = match res {
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        match r.bytes().await {
-                            Ok(b) if status == 201 => match serde_json::from_slice::<Accepted>(&b) {
-                                Ok(a) => Ok(a.id),
-                                Err(_) => Err("bad-201".to_string()),
-                            },
-                            Ok(_) => Err(status.to_string()),
-                            Err(e) if e.is_timeout() => Err("timeout".to_string()),
-                            Err(_) => Err("io".to_string()),
-                        }
-                    }
-                    Err(e) if e.is_timeout() => Err("timeout".to_string()),
-                    Err(_) => Err("io".to_string()),
-                };
-                match outcome {
-                    Ok(id) => {
-                        let us = sent.elapsed().as_micros().clamp(1, 600_000_000) as u64;
-                        hist.saturating_record(us);
-                        ids.push(id);
-                    }
-                    Err(kind) => {
-                        let transport = kind == "io";
-                        *errors.entry(kind).or_default() += 1;
-                        if transport {
-                            // Refused connections fail at once; do not spin.
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                    }
+                let outcome = send_one(&client, &url, &users[from], &users[to], &amount).await;
+                let transport = matches!(&outcome, Err(kind) if kind == "io");
+                tally.record(outcome, sent);
+                if transport {
+                    // Refused connections fail at once; do not spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
-            (hist, ids, errors)
+            tally
         });
     }
-    let mut result = LoadResult {
-        elapsed: Duration::ZERO,
-        accept_latency: new_histogram(),
-        ids: Vec::new(),
-        errors: BTreeMap::new(),
-    };
+    let mut result = empty_result();
     while let Some(done) = tasks.join_next().await {
-        let (hist, ids, errors) = done?;
-        result.accept_latency.add(&hist).map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
-        result.ids.extend(ids);
-        for (k, v) in errors {
-            *result.errors.entry(k).or_default() += v;
-        }
+        done?.merge_into(&mut result)?;
+    }
+    result.elapsed = started.elapsed();
+    Ok(result)
+}
+
+/// Open loop: a request is due every `1/rate` seconds for `duration`,
+/// whatever the answers do; `max_in_flight` senders take the due times in
+/// turn (none left: the next request is late). Latency counts from when each
+/// request was due, so a server that falls behind shows it in the numbers (no
+/// coordinated omission).
+pub async fn paced(
+    client: &reqwest::Client,
+    gateway: &str,
+    users: Arc<Vec<User>>,
+    amount: &str,
+    rate: f64,
+    max_in_flight: usize,
+    duration: Duration,
+) -> anyhow::Result<LoadResult> {
+    anyhow::ensure!(users.len() >= 2, "need at least two users");
+    anyhow::ensure!(rate.is_finite() && rate > 0.0, "the paced rate must be positive, got {rate}");
+    let url: Arc<str> = format!("{gateway}/api/transactions").into();
+    let amount: Arc<str> = amount.into();
+    let next = Arc::new(AtomicUsize::new(0));
+    let total = (duration.as_secs_f64() * rate).floor() as usize;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..max_in_flight.clamp(1, total.max(1)) {
+        let (client, url, users, amount, next) =
+            (client.clone(), url.clone(), users.clone(), amount.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut rng = StdRng::from_entropy();
+            let mut tally = Tally::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return tally;
+                }
+                let due = started + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+                let (from, to) = pick_pair(&mut rng, users.len());
+                tally.record(send_one(&client, &url, &users[from], &users[to], &amount).await, due);
+            }
+        });
+    }
+    let mut result = empty_result();
+    while let Some(done) = tasks.join_next().await {
+        done?.merge_into(&mut result)?;
     }
     result.elapsed = started.elapsed();
     Ok(result)

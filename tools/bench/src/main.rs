@@ -66,6 +66,13 @@ struct Cli {
     /// RabbitMQ management API (credentials in the URL) for the work queue's depth.
     #[arg(long = "rabbitmq-management-url", env = "PAYFLOW_RABBITMQ_MANAGEMENT_URL", hide_env_values = true)]
     rabbitmq_management_url: Option<String>,
+    /// Skip the last, open-loop level (requests at a fixed rate of half the
+    /// peak accepted/s, latency counted from when each was due).
+    #[arg(long = "no-paced", env = "PAYFLOW_BENCH_NO_PACED")]
+    no_paced: bool,
+    /// The open-loop level's most requests in flight.
+    #[arg(long = "paced-max-in-flight", env = "PAYFLOW_BENCH_PACED_MAX_IN_FLIGHT", default_value_t = 256)]
+    paced_max_in_flight: usize,
     /// The work queue whose depth is sampled.
     #[arg(long = "queue", env = "PAYFLOW_BENCH_QUEUE", default_value = "payflow.transactions")]
     queue: String,
@@ -85,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(!cli.levels.is_empty(), "--levels is empty");
     anyhow::ensure!(!cli.amount.is_empty(), "--amount is empty");
     let gateway = cli.gateway.trim_end_matches('/').to_string();
-    let max_level = cli.levels.iter().copied().max().unwrap_or(1) as usize;
+    let max_level = (cli.levels.iter().copied().max().unwrap_or(1) as usize).max(cli.paced_max_in_flight);
 
     let client = reqwest::Client::builder()
         .timeout(request_timeout)
@@ -121,7 +128,8 @@ async fn main() -> anyhow::Result<()> {
         }
         let shared = Arc::new(users.clone());
         eprintln!("bench: conc {c}: {:.0} s of load", duration.as_secs_f64());
-        let level = run_level(&client, &pool, &cli, management.clone(), shared, c as usize, duration, drain_limit)
+        let load = Load::Closed(c as usize);
+        let level = run_level(&client, &pool, &cli, management.clone(), shared, load, duration, drain_limit)
             .await
             .with_context(|| format!("level {c}"))?;
         eprintln!(
@@ -136,6 +144,23 @@ async fn main() -> anyhow::Result<()> {
             },
             level.settlement.completed,
             level.load.accepted(),
+        );
+        levels.push(level);
+    }
+
+    let peak = levels.iter().map(report::Level::accepted_per_sec).fold(0.0, f64::max);
+    if !cli.no_paced && peak > 0.0 {
+        let rate = peak / 2.0;
+        eprintln!("bench: paced at {rate:.0}/s (half the peak): {:.0} s of load", duration.as_secs_f64());
+        let load = Load::Paced { rate, max_in_flight: cli.paced_max_in_flight };
+        let shared = Arc::new(users.clone());
+        let level = run_level(&client, &pool, &cli, management.clone(), shared, load, duration, drain_limit)
+            .await
+            .context("paced level")?;
+        eprintln!(
+            "bench: paced at {rate:.0}/s: {:.0} accepted/s, accept p99 {:.2} ms",
+            level.accepted_per_sec(),
+            level.load.accept_latency.value_at_quantile(0.99) as f64 / 1e3
         );
         levels.push(level);
     }
@@ -159,6 +184,15 @@ async fn wait_ready(client: &reqwest::Client, gateway: &str) -> anyhow::Result<(
     }
 }
 
+/// How a level drives the gateway.
+#[derive(Clone, Copy)]
+enum Load {
+    /// This many senders, each sending again as soon as answered.
+    Closed(usize),
+    /// A request every 1/rate seconds, answered or not.
+    Paced { rate: f64, max_in_flight: usize },
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_level(
     client: &reqwest::Client,
@@ -166,7 +200,7 @@ async fn run_level(
     cli: &Cli,
     management: Option<probe::Management>,
     users: Arc<Vec<load::User>>,
-    concurrency: usize,
+    mode: Load,
     duration: Duration,
     drain_limit: Duration,
 ) -> anyhow::Result<report::Level> {
@@ -177,7 +211,12 @@ async fn run_level(
 
     let counters_before = db::counters(pool).await?;
     let cpu_before = probe::cpu();
-    let load = load::closed_loop(client, &cli.gateway, users, &cli.amount, concurrency, duration).await?;
+    let load = match mode {
+        Load::Closed(c) => load::closed_loop(client, &cli.gateway, users, &cli.amount, c, duration).await?,
+        Load::Paced { rate, max_in_flight } => {
+            load::paced(client, &cli.gateway, users, &cli.amount, rate, max_in_flight, duration).await?
+        }
+    };
     let cpu = probe::cpu_usage(&cpu_before, &probe::cpu());
     let window_end = db::clock(pool).await?;
     let backlog_at_end = db::open_among(pool, &load.ids).await?;
@@ -207,7 +246,14 @@ async fn run_level(
     };
     Ok(report::Level {
         db: db_delta,
-        concurrency,
+        concurrency: match mode {
+            Load::Closed(c) => c,
+            Load::Paced { max_in_flight, .. } => max_in_flight,
+        },
+        paced_rate: match mode {
+            Load::Closed(_) => None,
+            Load::Paced { rate, .. } => Some(rate),
+        },
         settlement,
         backlog_at_end,
         backlog_total_at_end,
@@ -238,7 +284,7 @@ fn print_report(cli: &Cli, levels: &[report::Level], users: usize, reg_secs: f64
     let busy: Vec<String> = levels
         .iter()
         .filter(|l| l.backlog_total_at_end > l.backlog_at_end)
-        .map(|l| format!("conc {}: {}", l.concurrency, l.backlog_total_at_end))
+        .map(|l| format!("conc {}: {}", l.label(), l.backlog_total_at_end))
         .collect();
     if !busy.is_empty() {
         println!("Open transactions in the whole database at the end of a level: {}\n", busy.join(", "));
