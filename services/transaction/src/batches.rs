@@ -117,3 +117,46 @@ where
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real Postgres errors: `1/x` fails the statement when some x is 0.
+    async fn divide(pool: &PgPool, xs: Vec<i32>) -> Result<Vec<i32>, sqlx::Error> {
+        sqlx::query_scalar("SELECT 12 / x FROM unnest($1::int[]) WITH ORDINALITY AS t(x, n) ORDER BY n")
+            .bind(xs)
+            .fetch_all(pool)
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_failing_batch_is_rerun_one_by_one_and_fails_only_the_bad_request() {
+        let url = std::env::var("PAYFLOW_TEST_DATABASE_URL")
+            .expect("PAYFLOW_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh");
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&url).await.expect("connect");
+        let statements = std::sync::atomic::AtomicUsize::new(0);
+        let run = |xs| {
+            each_or_all(xs, |batch| {
+                statements.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                divide(&pool, batch)
+            })
+        };
+        let count = || statements.swap(0, std::sync::atomic::Ordering::SeqCst);
+
+        let all_good: Vec<_> = run(vec![1, 2, 3]).await.into_iter().map(Result::ok).collect();
+        assert_eq!((all_good, count()), (vec![Some(12), Some(6), Some(4)], 1));
+
+        let answers = run(vec![4, 0, 6]).await;
+        assert_eq!(count(), 4, "the batch, then each request alone");
+        assert_eq!(answers.len(), 3);
+        assert_eq!(answers[0].as_ref().ok(), Some(&3));
+        assert_eq!(answers[1].as_ref().map_err(|e| e.status.as_u16()).err(), Some(500));
+        assert_eq!(answers[2].as_ref().ok(), Some(&2));
+
+        // A connection-level failure answers everyone at once: one by one would not help.
+        pool.close().await;
+        let closed: Vec<_> = run(vec![1, 2]).await.into_iter().map(|r| r.is_err()).collect();
+        assert_eq!((closed, count()), (vec![true, true], 1));
+    }
+}
