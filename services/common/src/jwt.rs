@@ -134,9 +134,18 @@ struct Inner {
     jwks: Option<(String, reqwest::Client)>,
     last_fetch: Mutex<Option<Instant>>,
     validation: Validation,
+    /// Tokens verified lately: a client sends the same token with every
+    /// request for its lifetime, and checking an Ed25519 signature costs more
+    /// than the rest of a request's authentication.
+    verified: std::sync::Mutex<HashMap<String, (AccessClaims, Instant)>>,
 }
 
 const REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a verified token is trusted without checking its signature again
+/// (also bounds how long a token signed by a key that auth withdrew still passes).
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
+/// Most verified tokens remembered; when full, the memory starts afresh.
+const VERIFIED_MAX: usize = 10_000;
 
 impl JwtVerifier {
     pub fn from_jwks_url(url: &str, claims: &JwtClaimArgs) -> Self {
@@ -151,10 +160,41 @@ impl JwtVerifier {
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = 5;
-        Self { inner: Arc::new(Inner { keys: RwLock::new(keys), jwks, last_fetch: Mutex::new(None), validation }) }
+        let verified = std::sync::Mutex::new(HashMap::new());
+        Self {
+            inner: Arc::new(Inner {
+                keys: RwLock::new(keys),
+                jwks,
+                last_fetch: Mutex::new(None),
+                validation,
+                verified,
+            }),
+        }
     }
 
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        if let Some(claims) = self.remembered(token) {
+            return Ok(claims);
+        }
+        let claims = self.verify_signature(token).await?;
+        if let Ok(mut verified) = self.inner.verified.lock() {
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
+            verified.insert(token.to_string(), (claims.clone(), Instant::now()));
+        }
+        Ok(claims)
+    }
+
+    /// A token verified within [`VERIFIED_FOR`] and not yet expired.
+    fn remembered(&self, token: &str) -> Option<AccessClaims> {
+        let verified = self.inner.verified.lock().ok()?;
+        let (claims, at) = verified.get(token)?;
+        let now = chrono::Utc::now().timestamp();
+        (at.elapsed() < VERIFIED_FOR && now < claims.exp).then(|| claims.clone())
+    }
+
+    async fn verify_signature(&self, token: &str) -> Result<AccessClaims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Invalid(format!("algorithm {:?} is not accepted", header.alg)));
@@ -197,6 +237,10 @@ impl JwtVerifier {
         }
         tracing::info!(keys = keys.len(), %url, "fetched signing keys");
         *self.inner.keys.write().await = keys;
+        // A withdrawn key's tokens must not pass from memory.
+        if let Ok(mut verified) = self.inner.verified.lock() {
+            verified.clear();
+        }
         Ok(())
     }
 }
@@ -218,6 +262,22 @@ mod tests {
             jti: "j".into(),
             typ: ACCESS_TYP.into(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_passes_only_until_it_expires() {
+        let signer = JwtSigner::generate().unwrap();
+        let verifier = signer.verifier(&JwtClaimArgs::default());
+        let now = chrono::Utc::now().timestamp();
+        let token = signer.sign(&claims(now)).unwrap();
+        assert_eq!(verifier.verify(&token).await.unwrap(), verifier.verify(&token).await.unwrap());
+        assert!(verifier.remembered(&token).is_some(), "verified once, remembered");
+
+        // Whatever is remembered, an expired token is checked again (and refused: not a JWT).
+        let mut expired = claims(now);
+        expired.exp = now - 1;
+        verifier.inner.verified.lock().unwrap().insert("not-a-jwt".into(), (expired, Instant::now()));
+        assert!(verifier.verify("not-a-jwt").await.is_err());
     }
 
     #[tokio::test]

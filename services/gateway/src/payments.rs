@@ -42,7 +42,10 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
     };
     let cached =
         Cached { body_hash: hash, status: res_parts.status.as_u16(), body: String::from_utf8_lossy(&bytes).into() };
-    idempotency_cache::put(&s.redis, &user_id, &key, &cached).await;
+    // Written after the answer leaves: Redis is only a fast path (a retry
+    // arriving first is answered from Postgres), so the client does not wait on it.
+    let redis = s.redis.clone();
+    tokio::spawn(async move { idempotency_cache::put(&redis, &user_id, &key, &cached).await });
     Response::from_parts(res_parts, Body::from(bytes))
 }
 

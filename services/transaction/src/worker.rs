@@ -85,8 +85,11 @@ impl WorkerMetrics {
     }
 }
 
-/// Wallet posts at most this many transfers per call.
+/// Most messages settled per database transaction.
 const MAX_BATCH: usize = 200;
+
+/// Wallet posts at most this many transfers per call (its `post-batch` limit).
+const MAX_POST: usize = 200;
 
 /// Batches settling at the same time (see `consume_connected`).
 const PIPELINE: usize = 2;
@@ -277,13 +280,17 @@ impl Worker {
     /// unreachable, the whole batch is retried later.
     async fn resolve_all(&self, ids: &[Uuid], correlation_id: &str) -> Option<Vec<(Uuid, Resolution)>> {
         let started = Instant::now();
-        let mut outcomes = match self.wallet.post_many(ids, correlation_id).await {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(error = %e, batch = ids.len(), elapsed_ms = started.elapsed().as_millis() as u64, "wallet unavailable");
-                return None;
+        // A batch of messages can name more transactions than wallet posts per call.
+        let mut outcomes = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_POST) {
+            match self.wallet.post_many(chunk, correlation_id).await {
+                Ok(o) => outcomes.extend(o),
+                Err(e) => {
+                    tracing::warn!(error = %e, batch = ids.len(), elapsed_ms = started.elapsed().as_millis() as u64, "wallet unavailable");
+                    return None;
+                }
             }
-        };
+        }
         for (id, outcome) in outcomes.iter_mut() {
             if *outcome == Resolution::NotFound {
                 match self.wallet.void(*id, correlation_id).await {

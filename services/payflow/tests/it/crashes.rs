@@ -148,6 +148,54 @@ async fn a_message_delivered_twice_settles_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_message_naming_more_than_one_wallet_call_takes_settles_them_all() {
+    // No relay: the message below is the only one that names these transactions.
+    let s = Stack::start_with(Options { worker: false, relay: false, ..Default::default() }).await;
+    let mut users = Vec::new();
+    for _ in 0..10 {
+        users.push(s.register().await);
+    }
+    // 250 transfers (wallet posts at most 200 per call), accepted while no worker runs.
+    let sends = (0..250).map(|i| {
+        let (from, to) = (&users[i % 10], &users[(i + 1) % 10]);
+        send(&s, from, &to.id, json!(1), None)
+    });
+    let mut ids = Vec::new();
+    for sent in futures::future::join_all(sends).await {
+        assert_eq!(sent.status, 201, "{}", sent.body);
+        ids.push(Uuid::parse_str(sent.body["id"].as_str().expect("id")).expect("uuid"));
+    }
+    // One message naming all of them, as a large accept batch would.
+    let conn = payflow_messaging::connect(&amqp_url()).await.expect("amqp");
+    let publisher = payflow_messaging::Publisher::new(&conn).await.expect("publisher");
+    let topology = s.txn_cfg.amqp.topology();
+    // Nothing may have declared the topology yet; an unroutable message would vanish.
+    topology.declare(publisher.channel()).await.expect("declare");
+    let msg = payflow_messaging::Message {
+        id: Uuid::new_v4(),
+        kind: payflow_messaging::topology::SETTLE.into(),
+        correlation_id: "many-test".into(),
+        timestamp: 0,
+        body: json!({"transactionIds": ids}).to_string().into_bytes(),
+    };
+    publisher.publish(&topology.work_exchange(), payflow_messaging::topology::SETTLE, &msg).await.expect("publish");
+
+    let cancel = payflow_common::shutdown::CancellationToken::new();
+    let worker = tokio::spawn(payflow_transaction::worker::run(s.worker_cfg.clone(), cancel.clone()));
+    wait_final(&s, &ids, Duration::from_secs(60)).await;
+    cancel.cancel();
+    let _ = worker.await;
+    assert_invariants(&s, &ids).await;
+    let completed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM txn.transactions WHERE id = ANY($1) AND status = 'COMPLETED'")
+            .bind(&ids)
+            .fetch_one(&s.pool)
+            .await
+            .expect("count");
+    assert_eq!(completed, 250);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_settle_message_ends_in_the_dead_letter_queue() {
     let s = Stack::start().await;
     let conn = payflow_messaging::connect(&amqp_url()).await.expect("amqp");
