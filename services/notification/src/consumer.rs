@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::events::{EventKind, NewNotification, TransactionEvent};
+use crate::events::{EventBody, EventKind, NewNotification};
 use crate::metrics::Outcome;
 use crate::state::AppState;
 use crate::store::{self, EventToStore, Recorded};
@@ -152,17 +152,19 @@ fn log_panic(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// A parsed event, ready to store.
+/// A parsed message, ready to store.
 struct Parsed {
     delivery: Delivery,
     message_id: Uuid,
     kind: EventKind,
-    notifications: Vec<NewNotification>,
+    /// Each with the id of the event it comes from.
+    notifications: Vec<(Uuid, NewNotification)>,
     correlation_id: String,
     redelivered: bool,
 }
 
-/// Parses one message; an unusable one is dead-lettered here.
+/// Parses one message (one event or a batch of them); an unusable one is
+/// dead-lettered here, whole.
 async fn parse(d: Delivery) -> Option<Parsed> {
     // The AMQP `type` names the event; the routing key is the same by
     // convention and stands in when a producer left `type` out.
@@ -173,7 +175,7 @@ async fn parse(d: Delivery) -> Option<Parsed> {
         poison(&d, &reason).await;
         return None;
     };
-    let msg = match Incoming::<TransactionEvent>::parse(&d) {
+    let msg = match Incoming::<EventBody>::parse(&d) {
         Ok(m) => m,
         Err(e) => {
             poison(&d, &e.to_string()).await;
@@ -181,20 +183,21 @@ async fn parse(d: Delivery) -> Option<Parsed> {
         }
     };
     let correlation_id = sane_correlation_id(&msg.correlation_id).unwrap_or(msg.id.to_string());
-    match msg.body.notifications(kind) {
-        Ok(notifications) => Some(Parsed {
-            message_id: msg.id,
-            kind,
-            notifications,
-            correlation_id,
-            redelivered: msg.redelivered,
-            delivery: d,
-        }),
-        Err(e) => {
-            poison(&d, &e.to_string()).await;
-            None
+    let mut notifications = Vec::new();
+    for (event_id, event) in msg.body.events(msg.id) {
+        match event.notifications(kind) {
+            Ok(ns) => notifications.extend(ns.into_iter().map(|n| (event_id, n))),
+            Err(e) => {
+                poison(&d, &format!("event of transaction {}: {e}", event.transaction_id)).await;
+                return None;
+            }
         }
     }
+    if notifications.is_empty() {
+        poison(&d, "a batch of no events").await;
+        return None;
+    }
+    Some(Parsed { message_id: msg.id, kind, notifications, correlation_id, redelivered: msg.redelivered, delivery: d })
 }
 
 /// Stores a batch in one statement, then delivers and acks each event in a task.

@@ -72,6 +72,42 @@ pub struct TransactionEvent {
     pub occurred_at: Option<DateTime<Utc>>,
 }
 
+/// A message's body: one event, or `{"events":[...]}`, the events of one kind
+/// that a worker batch produced together (one message for many transfers).
+#[derive(Debug, Clone)]
+pub enum EventBody {
+    Many { events: Vec<TransactionEvent> },
+    One(TransactionEvent),
+}
+
+impl<'de> Deserialize<'de> for EventBody {
+    // By hand rather than `untagged`, so a bad event says what is wrong with it.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_json::Value::deserialize(d)?;
+        match v.get("events") {
+            Some(events) => Vec::<TransactionEvent>::deserialize(events)
+                .map(|events| Self::Many { events })
+                .map_err(|e| D::Error::custom(format!("events: {e}"))),
+            None => TransactionEvent::deserialize(v).map(Self::One).map_err(D::Error::custom),
+        }
+    }
+}
+
+impl EventBody {
+    /// Each event with the id its notifications are stored under: the message
+    /// id for a message of one event (as always), else an id derived from the
+    /// message and the transaction, the same on every redelivery.
+    pub fn events(&self, message_id: Uuid) -> Vec<(Uuid, &TransactionEvent)> {
+        match self {
+            Self::One(e) => vec![(message_id, e)],
+            Self::Many { events } => {
+                events.iter().map(|e| (Uuid::new_v5(&message_id, e.transaction_id.as_bytes()), e)).collect()
+            }
+        }
+    }
+}
+
 /// The notification types of the public API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NotificationType {

@@ -71,11 +71,13 @@ pub enum Recorded {
     Duplicate,
 }
 
-/// One event to store: its message id, its kind, its notifications.
+/// One message to store: its id, its kind, its notifications, each with the
+/// id of the event it comes from (the message id, unless the message carries
+/// several events).
 pub struct EventToStore<'a> {
     pub message_id: Uuid,
     pub kind: &'a str,
-    pub notifications: &'a [NewNotification],
+    pub notifications: &'a [(Uuid, NewNotification)],
 }
 
 /// Stores the notifications of several events in one statement (one round trip, one commit),
@@ -86,7 +88,7 @@ pub async fn record_events(pool: &PgPool, events: &[EventToStore<'_>]) -> sqlx::
     let mut seen = std::collections::HashSet::new();
     let first: Vec<bool> = events.iter().map(|e| seen.insert(e.message_id)).collect();
     let unique = || events.iter().zip(&first).filter(|(_, f)| **f).map(|(e, _)| e);
-    let notes = || unique().flat_map(|e| e.notifications.iter().map(move |n| (e.message_id, n)));
+    let notes = || unique().flat_map(|e| e.notifications.iter().map(move |(event, n)| (e.message_id, *event, n)));
     // The guard rows, and the notifications of the events whose guard row is new. No conflict
     // target on the notifications: either unique guard (per event, per transaction) turns a
     // repeat into "nothing inserted".
@@ -95,27 +97,33 @@ pub async fn record_events(pool: &PgPool, events: &[EventToStore<'_>]) -> sqlx::
                         SELECT * FROM UNNEST($1::uuid[], $2::text[]) \
                         ON CONFLICT (message_id) DO NOTHING RETURNING message_id) \
          INSERT INTO notify.notifications (id, event_id, user_id, type, message, transaction_id, occurred_at) \
-         SELECT n.* FROM UNNEST($3::uuid[], $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::uuid[], \
-                                $9::timestamptz[]) \
-              AS n(id, event_id, user_id, type, message, transaction_id, occurred_at) \
-         WHERE n.event_id IN (SELECT message_id FROM fresh) \
+         SELECT n.id, n.event_id, n.user_id, n.type, n.message, n.transaction_id, n.occurred_at \
+         FROM UNNEST($3::uuid[], $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::uuid[], \
+                     $9::timestamptz[], $10::uuid[]) \
+              AS n(id, event_id, user_id, type, message, transaction_id, occurred_at, message_id) \
+         WHERE n.message_id IN (SELECT message_id FROM fresh) \
          ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
     ))
     .bind(unique().map(|e| e.message_id).collect::<Vec<_>>())
     .bind(unique().map(|e| e.kind).collect::<Vec<_>>())
     .bind(notes().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
-    .bind(notes().map(|(id, _)| id).collect::<Vec<_>>())
-    .bind(notes().map(|(_, n)| n.user_id.0).collect::<Vec<_>>())
-    .bind(notes().map(|(_, n)| n.kind.as_str()).collect::<Vec<_>>())
-    .bind(notes().map(|(_, n)| n.message.as_str()).collect::<Vec<_>>())
-    .bind(notes().map(|(_, n)| n.transaction_id).collect::<Vec<_>>())
-    .bind(notes().map(|(_, n)| n.occurred_at).collect::<Vec<_>>())
+    .bind(notes().map(|(_, event, _)| event).collect::<Vec<_>>())
+    .bind(notes().map(|(.., n)| n.user_id.0).collect::<Vec<_>>())
+    .bind(notes().map(|(.., n)| n.kind.as_str()).collect::<Vec<_>>())
+    .bind(notes().map(|(.., n)| n.message.as_str()).collect::<Vec<_>>())
+    .bind(notes().map(|(.., n)| n.transaction_id).collect::<Vec<_>>())
+    .bind(notes().map(|(.., n)| n.occurred_at).collect::<Vec<_>>())
+    .bind(notes().map(|(message, ..)| message).collect::<Vec<_>>())
     .fetch_all(pool)
     .await?;
+    // Stored rows name their event; the message each event came in says whose answer they are.
+    let message_of: std::collections::HashMap<Uuid, Uuid> =
+        notes().map(|(message, event, _)| (event, message)).collect();
     let mut by_event: std::collections::HashMap<Uuid, Vec<Notification>> = std::collections::HashMap::new();
     for row in &rows {
         let n = from_row(row)?;
-        by_event.entry(n.event_id).or_default().push(n);
+        let message = message_of.get(&n.event_id).copied().unwrap_or(n.event_id);
+        by_event.entry(message).or_default().push(n);
     }
     Ok(events
         .iter()

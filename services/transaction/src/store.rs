@@ -280,19 +280,24 @@ pub async fn finish_in(
             .await?,
         );
     }
+    // One event message per kind for the whole batch (`{"events":[...]}`; a
+    // lone event keeps the one-event shape): the broker and the notification
+    // service handle one message, not one per transfer.
     let events = topology.events_exchange();
-    let messages: Vec<OutboxMessage> = changed
-        .iter()
-        .map(|t| OutboxMessage {
-            exchange: &events,
-            routing_key: match t.status {
-                Status::Completed => payflow_messaging::topology::COMPLETED,
-                _ => payflow_messaging::topology::FAILED,
-            },
-            body: t.event_json(),
-            correlation_id: t.correlation_id.as_deref().unwrap_or_default(),
-        })
-        .collect();
+    let mut messages: Vec<OutboxMessage> = Vec::new();
+    for (kind, status) in [
+        (payflow_messaging::topology::COMPLETED, Status::Completed),
+        (payflow_messaging::topology::FAILED, Status::Failed),
+    ] {
+        let of_kind: Vec<&Transaction> = changed.iter().filter(|t| t.status == status).collect();
+        let body = match of_kind.as_slice() {
+            [] => continue,
+            [one] => one.event_json(),
+            many => serde_json::json!({ "events": many.iter().map(|t| t.event_json()).collect::<Vec<_>>() }),
+        };
+        let correlation_id = of_kind[0].correlation_id.as_deref().unwrap_or_default();
+        messages.push(OutboxMessage { exchange: &events, routing_key: kind, body, correlation_id });
+    }
     insert_outbox(tx, &messages).await?;
     Ok(changed)
 }

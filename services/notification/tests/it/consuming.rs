@@ -110,6 +110,82 @@ async fn the_same_event_twice_is_stored_once() {
 }
 
 #[tokio::test]
+async fn a_message_of_many_events_stores_each_and_a_redelivery_nothing() {
+    let h = Harness::start().await;
+    let (alice, bob, carol) = (UserId::new(), UserId::new(), UserId::new());
+    let (t1, t2, t3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    // Alice sends twice in one batch: two TRANSACTION_COMPLETED for her, both kept.
+    let body = serde_json::json!({"events": [
+        event(t1, alice, bob, "1.00", "COMPLETED", None),
+        event(t2, alice, carol, "2.00", "COMPLETED", None),
+        event(t3, bob, carol, "3.00", "COMPLETED", None),
+    ]});
+    let id = Uuid::new_v4();
+    h.publish(id, COMPLETED, &body).await;
+    h.publish(id, COMPLETED, &body).await;
+    h.wait_for_outcome(Outcome::Stored, 1).await;
+    h.wait_for_outcome(Outcome::Duplicate, 1).await;
+
+    let types = |list: Vec<Value>| {
+        let mut v: Vec<(String, String)> =
+            list.iter().map(|n| (n["type"].as_str().unwrap().into(), n["message"].as_str().unwrap().into())).collect();
+        v.sort();
+        v
+    };
+    let sent = |m: &str| ("TRANSACTION_COMPLETED".to_string(), m.to_string());
+    let got = |m: &str| ("TRANSACTION_RECEIVED".to_string(), m.to_string());
+    assert_eq!(
+        types(h.wait_for_notifications(alice, 2).await),
+        vec![sent("You sent 1.00 USD"), sent("You sent 2.00 USD")]
+    );
+    assert_eq!(
+        types(h.wait_for_notifications(bob, 2).await),
+        vec![sent("You sent 3.00 USD"), got("You received 1.00 USD")]
+    );
+    assert_eq!(
+        types(h.wait_for_notifications(carol, 2).await),
+        vec![got("You received 2.00 USD"), got("You received 3.00 USD")]
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM notify.notifications WHERE transaction_id = ANY($1)")
+        .bind(vec![t1, t2, t3])
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 6, "two per transfer, the redelivery added none");
+    assert_eq!(h.deliveries_of(alice).await.len(), 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_of_many_events_with_one_bad_is_dead_lettered_whole() {
+    let h = Harness::start().await;
+    let (alice, bob) = (UserId::new(), UserId::new());
+    let good = event(Uuid::new_v4(), alice, bob, "1.00", "COMPLETED", None);
+    let bad = event(Uuid::new_v4(), alice, bob, "1e3", "COMPLETED", None);
+    let (mixed, empty) = (Uuid::new_v4(), Uuid::new_v4());
+    h.publish(mixed, COMPLETED, &serde_json::json!({"events": [good, bad]})).await;
+    h.publish(empty, COMPLETED, &serde_json::json!({"events": []})).await;
+    h.wait_for_outcome(Outcome::Poison, 2).await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut dead = HashSet::new();
+    while dead.len() < 2 {
+        match h.take_dead_letter().await {
+            Some(m) => {
+                dead.insert(m.delivery.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default());
+            }
+            None => {
+                assert!(Instant::now() < deadline, "timed out waiting for dead letters");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    assert_eq!(dead, HashSet::from([mixed.to_string(), empty.to_string()]));
+    assert!(h.notifications_of(alice).await.is_empty(), "nothing stored from a message dead-lettered whole");
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn poison_messages_are_dead_lettered_and_consuming_goes_on() {
     let h = Harness::start().await;
     let (alice, bob) = (UserId::new(), UserId::new());
@@ -289,19 +365,23 @@ async fn one_batch_stores_each_event_once_even_when_it_repeats_an_id() {
     use payflow_notification::events::{NewNotification, NotificationType};
     use payflow_notification::store::{record_events, EventToStore, Recorded};
     let h = Harness::start().await;
-    let note = |user: UserId, kind| NewNotification {
-        user_id: user,
-        kind,
-        message: "You received 1.00 USD".into(),
-        transaction_id: Some(Uuid::new_v4()),
-        occurred_at: None,
+    // A message of one event: its notifications are stored under the message id.
+    let note = |event: Uuid, user: UserId, kind| {
+        let n = NewNotification {
+            user_id: user,
+            kind,
+            message: "You received 1.00 USD".into(),
+            transaction_id: Some(Uuid::new_v4()),
+            occurred_at: None,
+        };
+        (event, n)
     };
     let (a, b, c) = (UserId::new(), UserId::new(), UserId::new());
     let (ea, eb, ec) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let (na, nb, nc) = (
-        [note(a, NotificationType::TransactionReceived)],
-        [note(b, NotificationType::TransactionReceived)],
-        [note(c, NotificationType::TransactionReceived)],
+        [note(ea, a, NotificationType::TransactionReceived)],
+        [note(eb, b, NotificationType::TransactionReceived)],
+        [note(ec, c, NotificationType::TransactionReceived)],
     );
     // `ec` was processed before; `ea` comes twice in the batch.
     let before = record_events(&h.pool, &[EventToStore { message_id: ec, kind: COMPLETED, notifications: &nc }])
