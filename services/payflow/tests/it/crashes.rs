@@ -8,7 +8,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::harness::{amqp_url, database_url, Options, Stack};
-use crate::payments::{assert_invariants, send, wait_final};
+use crate::payments::{assert_invariants, count_completed, send, wait_final};
 
 /// Runs `payflow <args>` with a fault point armed and waits for it to die.
 async fn run_until_killed(fault: &str, args: &[String]) {
@@ -186,12 +186,7 @@ async fn a_settle_message_naming_more_than_one_wallet_call_takes_settles_them_al
     cancel.cancel();
     let _ = worker.await;
     assert_invariants(&s, &ids).await;
-    let completed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM txn.transactions WHERE id = ANY($1) AND status = 'COMPLETED'")
-            .bind(&ids)
-            .fetch_one(&s.pool)
-            .await
-            .expect("count");
+    let completed = count_completed(&s, &ids).await;
     assert_eq!(completed, 250);
 }
 

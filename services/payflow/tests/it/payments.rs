@@ -54,6 +54,15 @@ pub async fn wait_final(s: &Stack, ids: &[Uuid], within: Duration) {
     }
 }
 
+/// How many of `ids` are COMPLETED.
+pub async fn count_completed(s: &Stack, ids: &[Uuid]) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM txn.transactions WHERE id = ANY($1) AND status = 'COMPLETED'")
+        .bind(ids)
+        .fetch_one(&s.pool)
+        .await
+        .expect("count")
+}
+
 /// The invariants: the ledger check (sum zero, balances match entries, holds
 /// match pending transfers, no negative available balance, every posted
 /// transfer moved once), and every final transaction agrees with wallet.
@@ -293,12 +302,7 @@ async fn many_users_paying_each_other_at_once() {
     let ids: Vec<Uuid> = results.iter().map(id_of).collect();
     wait_final(&s, &ids, Duration::from_secs(60)).await;
     assert_invariants(&s, &ids).await;
-    let completed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM txn.transactions WHERE id = ANY($1) AND status = 'COMPLETED'")
-            .bind(&ids)
-            .fetch_one(&s.pool)
-            .await
-            .expect("count");
+    let completed = count_completed(&s, &ids).await;
     assert_eq!(completed, ids.len() as i64);
 }
 
@@ -333,12 +337,7 @@ async fn the_reversal_racing_a_worker_settles_each_transaction_once() {
     eprintln!("reversal reports: {r1:?} {r2:?}");
     assert_invariants(&s, &ids).await;
     let (_, w) = get(&s, &format!("/api/wallets/{}", a.id), &a.access).await;
-    let completed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM txn.transactions WHERE id = ANY($1) AND status = 'COMPLETED'")
-            .bind(&ids)
-            .fetch_one(&s.pool)
-            .await
-            .expect("count");
+    let completed = count_completed(&s, &ids).await;
     assert_eq!(w["balance"], format!("{}.00", 1000 - completed), "only completed ones moved");
     assert_eq!(w["available_balance"], w["balance"], "no hold left behind");
 
