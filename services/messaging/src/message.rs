@@ -9,6 +9,8 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
+/// How many times a consumer sent the message back for a later try (absent: none).
+pub const ATTEMPT_HEADER: &str = "x-payflow-attempt";
 
 /// An outgoing message.
 #[derive(Debug, Clone)]
@@ -20,6 +22,8 @@ pub struct Message {
     /// Seconds since the epoch.
     pub timestamp: u64,
     pub body: Vec<u8>,
+    /// Earlier tries that ended in the retry queue (0 for a new message).
+    pub attempt: u32,
 }
 
 impl Message {
@@ -27,6 +31,9 @@ impl Message {
     pub fn properties(&self) -> BasicProperties {
         let mut headers = FieldTable::default();
         headers.insert(CORRELATION_HEADER.into(), AMQPValue::LongString(LongString::from(self.correlation_id.clone())));
+        if self.attempt > 0 {
+            headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(self.attempt));
+        }
         BasicProperties::default()
             .with_message_id(self.id.to_string().into())
             .with_type(self.kind.clone().into())
@@ -47,6 +54,8 @@ pub struct Incoming<T> {
     pub body: T,
     /// Whether the broker delivered it before (a crash or a nack).
     pub redelivered: bool,
+    /// Earlier tries that ended in the retry queue.
+    pub attempt: u32,
 }
 
 /// Why a delivery could not be used; such messages go to the dead-letter queue.
@@ -65,6 +74,13 @@ impl<T: DeserializeOwned> Incoming<T> {
         let kind = p.kind().as_ref().map(|s| s.to_string()).unwrap_or_default();
         let correlation_id = p.correlation_id().as_ref().map(|s| s.to_string()).unwrap_or_else(|| id.to_string());
         let body = serde_json::from_slice(&d.data).map_err(|e| Poison::BadBody(e.to_string()))?;
-        Ok(Self { id, kind, correlation_id, body, redelivered: d.redelivered })
+        let attempt =
+            p.headers().as_ref().and_then(|h| h.inner().get(ATTEMPT_HEADER).cloned()).map_or(0, |v| match v {
+                AMQPValue::LongUInt(n) => n,
+                AMQPValue::LongInt(n) => n.max(0) as u32,
+                AMQPValue::LongLongInt(n) => n.clamp(0, u32::MAX as i64) as u32,
+                _ => 0,
+            });
+        Ok(Self { id, kind, correlation_id, body, redelivered: d.redelivered, attempt })
     }
 }

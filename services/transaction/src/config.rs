@@ -62,6 +62,11 @@ pub struct WorkerConfig {
     /// Most messages settled in one database transaction (at most 200).
     #[arg(long = "worker-batch", env = "PAYFLOW_WORKER_BATCH", default_value_t = 100)]
     pub batch: usize,
+    /// Tries a settle message gets through the retry queue (2 s apart) before it is
+    /// dead-lettered; the reversal then finishes its transactions.
+    #[arg(long = "worker-max-retries", env = "PAYFLOW_WORKER_MAX_RETRIES", default_value_t = 150,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_retries: u32,
 }
 
 /// Settings of `payflow reverse-pending`.

@@ -160,6 +160,7 @@ async fn publish_batch(
                 correlation_id: correlation_id.clone(),
                 timestamp: (*created).max(0) as u64,
                 body: body.clone().into_bytes(),
+                attempt: 0,
             };
             (exchange.clone(), routing_key.clone(), msg)
         })

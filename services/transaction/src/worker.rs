@@ -306,8 +306,18 @@ impl Worker {
     }
 
     /// Parks the message in the retry queue (it comes back after a delay) and
-    /// acks the original; if even that fails, nacks it back to the queue.
+    /// acks the original; if even that fails, nacks it back to the queue. A
+    /// message that used up its tries is dead-lettered instead: the retry queue
+    /// hands back a new message each time, so the broker's delivery limit never
+    /// counts these rounds.
     async fn retry_later(&self, d: Delivery, m: &Incoming<Settle>, retry: &Publisher) -> anyhow::Result<()> {
+        let attempt = m.attempt.saturating_add(1);
+        if attempt > self.cfg.max_retries {
+            tracing::warn!(message_id = %m.id, tries = m.attempt, "settle message still failing after its last try: dead-lettering");
+            self.metrics.messages.with_label_values(&["gave_up"]).inc();
+            d.acker.reject(BasicRejectOptions { requeue: false }).await?;
+            return Ok(());
+        }
         self.metrics.messages.with_label_values(&["retried"]).inc();
         let msg = Message {
             id: m.id,
@@ -315,6 +325,7 @@ impl Worker {
             correlation_id: m.correlation_id.clone(),
             timestamp: chrono::Utc::now().timestamp().max(0) as u64,
             body: d.data.clone(),
+            attempt,
         };
         let queue = self.topology.retry_queue(&self.topology.transactions_queue());
         match retry.publish("", &queue, &msg).await {

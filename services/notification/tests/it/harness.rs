@@ -172,6 +172,7 @@ impl Harness {
             correlation_id: format!("corr-{id}"),
             timestamp: chrono::Utc::now().timestamp() as u64,
             body: serde_json::to_vec(body).expect("json"),
+            attempt: 0,
         };
         self.publisher.publish(&self.topology.events_exchange(), kind, &msg).await.expect("publish");
     }

@@ -133,6 +133,7 @@ async fn a_message_delivered_twice_settles_once() {
             correlation_id: "duplicate-test".into(),
             timestamp: 0,
             body: body.to_string().into_bytes(),
+            attempt: 0,
         };
         publisher.publish(&topology.work_exchange(), payflow_messaging::topology::SETTLE, &msg).await.expect("publish");
     }
@@ -177,6 +178,7 @@ async fn a_settle_message_naming_more_than_one_wallet_call_takes_settles_them_al
         correlation_id: "many-test".into(),
         timestamp: 0,
         body: json!({"transactionIds": ids}).to_string().into_bytes(),
+        attempt: 0,
     };
     publisher.publish(&topology.work_exchange(), payflow_messaging::topology::SETTLE, &msg).await.expect("publish");
 
@@ -188,6 +190,50 @@ async fn a_settle_message_naming_more_than_one_wallet_call_takes_settles_them_al
     assert_invariants(&s, &ids).await;
     let completed = count_completed(&s, &ids).await;
     assert_eq!(completed, 250);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_message_that_keeps_failing_is_dead_lettered_after_its_tries() {
+    let s = Stack::start_with(Options { worker: false, ..Default::default() }).await;
+    let (_, ids) = send_some(&s, 1).await;
+    // A worker whose wallet never answers: every try ends in the retry queue, two at most.
+    let mut cfg = s.worker_cfg.clone();
+    cfg.wallet.wallet_url = "http://127.0.0.1:1".into();
+    cfg.max_retries = 2;
+    let cancel = payflow_common::shutdown::CancellationToken::new();
+    let worker = tokio::spawn(payflow_transaction::worker::run(cfg, cancel.clone()));
+
+    let conn = payflow_messaging::connect(&amqp_url()).await.expect("amqp");
+    let ch = conn.create_channel().await.expect("channel");
+    let topology = s.txn_cfg.amqp.topology();
+    let dlq = topology.dead_letter_queue(&topology.transactions_queue());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let got = ch.basic_get(&dlq, lapin::options::BasicGetOptions { no_ack: true }).await;
+        if let Ok(Some(m)) = got {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "the failing message did not reach {dlq}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    cancel.cancel();
+    let _ = worker.await;
+    let tries = dead
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(payflow_messaging::message::ATTEMPT_HEADER).cloned());
+    assert_eq!(tries, Some(lapin::types::AMQPValue::LongUInt(2)), "dead-lettered after its second retry");
+    let body: serde_json::Value = serde_json::from_slice(&dead.delivery.data).expect("json");
+    assert_eq!(body["transactionId"], json!(ids[0]));
+    // Nothing moved; the reversal finishes it later.
+    let status: String = sqlx::query_scalar("SELECT status FROM txn.transactions WHERE id = $1")
+        .bind(ids[0])
+        .fetch_one(&s.pool)
+        .await
+        .expect("status");
+    assert!(status == "PENDING" || status == "PROCESSING", "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,6 +252,7 @@ async fn a_poison_settle_message_ends_in_the_dead_letter_queue() {
             correlation_id: "poison-test".into(),
             timestamp: 0,
             body: body.to_vec(),
+            attempt: 0,
         };
         let (exchange, key) = (topology.work_exchange(), payflow_messaging::topology::SETTLE);
         publisher.publish(&exchange, key, &poison).await.expect("publish");
