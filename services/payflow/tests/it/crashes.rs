@@ -116,6 +116,98 @@ async fn relay_killed_after_publishing_before_marking() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_service_killed_in_a_burst_of_batched_accepts() {
+    let s = Stack::start().await;
+    let (a, b) = (s.register().await, s.register().await);
+    // A transaction service of its own, armed to die right after the first accept commits,
+    // while the other requests of the burst are at every step of theirs.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let mut args = vec![
+        "transaction".to_string(),
+        format!("--transaction-port={port}"),
+        "--relay=false".into(),
+        format!("--jwks-url={}/.well-known/jwks.json", s.auth),
+    ];
+    args.extend(common_args(&s));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_payflow"))
+        .args(&args)
+        .env("PAYFLOW_FAULT", "transaction-after-accept")
+        .env("PAYFLOW_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn payflow");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while s.http.get(format!("{base}/readyz")).send().await.map(|r| !r.status().is_success()).unwrap_or(true) {
+        assert!(std::time::Instant::now() < deadline, "the transaction service did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let burst = (0..24).map(|i| {
+        let req = s
+            .http
+            .post(format!("{base}/api/transactions"))
+            .bearer_auth(&a.access)
+            .header("idempotency-key", format!("burst-{i}"))
+            .json(&json!({"toUserId": b.id, "amount": "1.00"}));
+        async move {
+            match req.send().await {
+                Ok(r) if r.status() == 201 => r.json::<serde_json::Value>().await.ok(),
+                _ => None,
+            }
+        }
+    });
+    let answered = futures::future::join_all(burst).await;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("died").expect("wait");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "expected death by SIGKILL, got {status:?}");
+    let accepted: Vec<Uuid> =
+        answered.iter().flatten().filter_map(|t| t["id"].as_str().and_then(|i| Uuid::parse_str(i).ok())).collect();
+
+    // Whatever the crash left: the stack's relay and worker settle what was enqueued, the
+    // reversal finishes the rest (a row without a hold, a hold without a message).
+    let wallet = payflow_transaction::wallet_client::WalletClient::new(&s.reversal_wallet).expect("client");
+    let topology = s.txn_cfg.amqp.topology();
+    let sender = [Uuid::parse_str(&a.id).expect("id")];
+    let recorded: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM txn.transactions WHERE from_user_id = $1")
+        .bind(sender[0])
+        .fetch_all(&s.pool)
+        .await
+        .expect("ids");
+    // Those whose settle message was committed (answered 201 or not: the crash may have come
+    // between the commit and the answer) complete; nothing else may.
+    let enqueued: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT t.id FROM txn.transactions t WHERE t.from_user_id = $1 AND EXISTS \
+         (SELECT 1 FROM txn.outbox o WHERE o.routing_key = 'transaction.settle' \
+          AND (o.body->>'transactionId' = t.id::text OR o.body->'transactionIds' ? t.id::text))",
+    )
+    .bind(sender[0])
+    .fetch_all(&s.pool)
+    .await
+    .expect("enqueued");
+    assert!(accepted.iter().all(|id| enqueued.contains(id)), "a 201 without a settle message");
+    assert!(!enqueued.is_empty(), "the fault point comes after an accept committed");
+    wait_final(&s, &enqueued, Duration::from_secs(30)).await;
+    assert_eq!(count_completed(&s, &enqueued).await, enqueued.len() as i64, "every enqueued transfer settles");
+    payflow_transaction::reversal::reverse(&s.pool, &wallet, &topology, Duration::ZERO, 100, Some(&sender))
+        .await
+        .expect("reversal");
+    wait_final(&s, &recorded, Duration::from_secs(30)).await;
+    assert_invariants(&s, &recorded).await;
+    let (_, w) = crate::harness::get(&s, &format!("/api/wallets/{}", a.id), &a.access).await;
+    let completed = count_completed(&s, &recorded).await;
+    assert_eq!(completed, enqueued.len() as i64, "the reversal completed or failed only the rest");
+    assert_eq!(w["balance"], format!("{}.00", 1000 - completed), "only completed ones moved: {w}");
+    assert_eq!(w["available_balance"], w["balance"], "no hold left behind");
+    eprintln!(
+        "burst: {} answered 201, {} recorded, {completed} enqueued and completed",
+        accepted.len(),
+        recorded.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_delivered_twice_settles_once() {
     let s = Stack::start().await;
     let (a, ids) = send_some(&s, 3).await;
