@@ -419,8 +419,12 @@ async fn workers_scale_with_a_real_queue() {
     mgmt(reqwest::Method::DELETE, &format!("/api/queues/%2F/{queue}/contents"), None).await;
     wait_for("back to 1 worker after the window", Duration::from_secs(60), || replicas(deployments.clone()).map_ok(1))
         .await;
-    let status = api.get("demo").await.expect("get").status.and_then(|s| s.worker).expect("worker status");
-    assert_eq!(status.desired_replicas, 1);
+    // The status is written after the scale: wait for it rather than race it.
+    let desired = |api: Api<PayFlow>| async move {
+        let status = api.get("demo").await.ok().and_then(|p| p.status).and_then(|s| s.worker);
+        status.is_some_and(|w| w.desired_replicas == 1)
+    };
+    wait_for("the status to say 1 worker desired", Duration::from_secs(30), || desired(api.clone())).await;
     operator.stop().await;
     mgmt(reqwest::Method::DELETE, &format!("/api/queues/%2F/{queue}"), None).await;
     let _ = Api::<Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
