@@ -3,7 +3,7 @@
 //! a read-then-write, and locks account rows in id order so two transfers in
 //! opposite directions cannot deadlock each other.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -242,7 +242,7 @@ pub async fn create_pending_many(
     // wallet.hold_batch (migrations/0003_hold_batch_function.sql) checks everything below
     // again; a self-transfer is refused here because the function does not look for it.
     // An id given twice is sent once: the repeat compares with what the first stored.
-    let mut seen = std::collections::HashSet::with_capacity(news.len());
+    let mut seen = HashSet::with_capacity(news.len());
     let valid: Vec<&NewTransfer> = news.iter().filter(|n| n.from != n.to && seen.insert(n.id.0)).collect();
     let mut outcomes: HashMap<Uuid, HoldRow> = HashMap::with_capacity(valid.len());
     if !valid.is_empty() {

@@ -2,7 +2,6 @@
 //! the dead-letter queue.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
 use payflow_common::ids::UserId;
@@ -167,19 +166,12 @@ async fn a_message_of_many_events_with_one_bad_is_dead_lettered_whole() {
     h.publish(empty, COMPLETED, &serde_json::json!({"events": []})).await;
     h.wait_for_outcome(Outcome::Poison, 2).await;
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut dead = HashSet::new();
-    while dead.len() < 2 {
-        match h.take_dead_letter().await {
-            Some(m) => {
-                dead.insert(m.delivery.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default());
-            }
-            None => {
-                assert!(Instant::now() < deadline, "timed out waiting for dead letters");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    let dead: HashSet<String> = h
+        .dead_letters(2)
+        .await
+        .iter()
+        .map(|m| m.delivery.properties.message_id().as_ref().map(|s| s.to_string()).unwrap_or_default())
+        .collect();
     assert_eq!(dead, HashSet::from([mixed.to_string(), empty.to_string()]));
     assert!(h.notifications_of(alice).await.is_empty(), "nothing stored from a message dead-lettered whole");
     h.stop().await;
@@ -221,17 +213,7 @@ async fn poison_messages_are_dead_lettered_and_consuming_goes_on() {
     let list = h.wait_for_notifications(alice, 1).await;
     assert_eq!(list[0]["transaction_id"], tx.to_string());
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut dead = Vec::new();
-    while dead.len() < 5 {
-        match h.take_dead_letter().await {
-            Some(m) => dead.push(m),
-            None => {
-                assert!(Instant::now() < deadline, "timed out waiting for dead letters");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    let dead = h.dead_letters(5).await;
     // Nothing beyond the five.
     assert!(h.take_dead_letter().await.is_none());
     assert_eq!(dead.len(), 5);
@@ -338,14 +320,7 @@ async fn database_errors_return_the_message_until_the_delivery_limit() {
     h.publish(id, COMPLETED, &event(Uuid::new_v4(), alice, bob, "4.00", "COMPLETED", None)).await;
 
     // Nacked with requeue each time, then dead-lettered by the broker: no endless loop.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let dead = loop {
-        if let Some(m) = h.take_dead_letter().await {
-            break m;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for the dead letter");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let dead = h.dead_letters(1).await.remove(0);
     assert_eq!(dead.delivery.properties.message_id().as_ref().map(|s| s.to_string()), Some(id.to_string()));
     let reason =
         dead.delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-first-death-reason").cloned());

@@ -200,6 +200,22 @@ impl Harness {
         self.publisher.channel().basic_get(&dlq, BasicGetOptions { no_ack: true }).await.expect("basic_get")
     }
 
+    /// Waits (at most 20 s) for `n` messages in the dead-letter queue and takes them.
+    pub async fn dead_letters(&self, n: usize) -> Vec<lapin::message::BasicGetMessage> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut dead = Vec::with_capacity(n);
+        while dead.len() < n {
+            match self.take_dead_letter().await {
+                Some(m) => dead.push(m),
+                None => {
+                    assert!(std::time::Instant::now() < deadline, "timed out waiting for dead letters");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
+        dead
+    }
+
     pub async fn get(&self, path: &str, user: Option<UserId>) -> (u16, Value) {
         let mut req = self.http.get(format!("{}{path}", self.base));
         if let Some(u) = user {

@@ -10,9 +10,9 @@ use uuid::Uuid;
 use crate::harness::{amqp_url, database_url, Options, Stack};
 use crate::payments::{assert_invariants, count_completed, send, wait_final};
 
-/// Runs `payflow <args>` with a fault point armed and waits for it to die.
-async fn run_until_killed(fault: &str, args: &[String]) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_payflow"))
+/// Starts `payflow <args>` with a fault point armed.
+fn spawn_armed(fault: &str, args: &[String]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_payflow"))
         .args(args)
         .env("PAYFLOW_FAULT", fault)
         .env("PAYFLOW_LOG", "warn")
@@ -20,13 +20,38 @@ async fn run_until_killed(fault: &str, args: &[String]) {
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn payflow");
+        .expect("spawn payflow")
+}
+
+/// Waits for a process started by [`spawn_armed`] to die at its fault point.
+async fn await_killed(fault: &str, mut child: tokio::process::Child) {
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .unwrap_or_else(|_| panic!("payflow did not reach fault point {fault}"))
         .expect("wait");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(9), "{fault}: expected death by SIGKILL, got {status:?}");
+}
+
+/// Runs `payflow <args>` with a fault point armed and waits for it to die.
+async fn run_until_killed(fault: &str, args: &[String]) {
+    await_killed(fault, spawn_armed(fault, args)).await;
+}
+
+/// Waits (at most 30 s) for `n` messages in the dead-letter queue `dlq` and takes them.
+async fn dead_letters(ch: &lapin::Channel, dlq: &str, n: usize) -> Vec<lapin::message::BasicGetMessage> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut dead = Vec::with_capacity(n);
+    while dead.len() < n {
+        match ch.basic_get(dlq, lapin::options::BasicGetOptions { no_ack: true }).await.expect("basic_get") {
+            Some(m) => dead.push(m),
+            None => {
+                assert!(std::time::Instant::now() < deadline, "{} of {n} messages reached {dlq}", dead.len());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    dead
 }
 
 fn common_args(s: &Stack) -> Vec<String> {
@@ -129,15 +154,8 @@ async fn transaction_service_killed_in_a_burst_of_batched_accepts() {
         format!("--jwks-url={}/.well-known/jwks.json", s.auth),
     ];
     args.extend(common_args(&s));
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_payflow"))
-        .args(&args)
-        .env("PAYFLOW_FAULT", "transaction-after-accept")
-        .env("PAYFLOW_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn payflow");
+    let fault = "transaction-after-accept";
+    let child = spawn_armed(fault, &args);
     let base = format!("http://127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while s.http.get(format!("{base}/readyz")).send().await.map(|r| !r.status().is_success()).unwrap_or(true) {
@@ -159,9 +177,7 @@ async fn transaction_service_killed_in_a_burst_of_batched_accepts() {
         }
     });
     let answered = futures::future::join_all(burst).await;
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("died").expect("wait");
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(9), "expected death by SIGKILL, got {status:?}");
+    await_killed(fault, child).await;
     let accepted: Vec<Uuid> =
         answered.iter().flatten().filter_map(|t| t["id"].as_str().and_then(|i| Uuid::parse_str(i).ok())).collect();
 
@@ -299,15 +315,7 @@ async fn a_settle_message_that_keeps_failing_is_dead_lettered_after_its_tries() 
     let ch = conn.create_channel().await.expect("channel");
     let topology = s.txn_cfg.amqp.topology();
     let dlq = topology.dead_letter_queue(&topology.transactions_queue());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let dead = loop {
-        let got = ch.basic_get(&dlq, lapin::options::BasicGetOptions { no_ack: true }).await;
-        if let Ok(Some(m)) = got {
-            break m;
-        }
-        assert!(std::time::Instant::now() < deadline, "the failing message did not reach {dlq}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let dead = dead_letters(&ch, &dlq, 1).await.remove(0);
     cancel.cancel();
     let _ = worker.await;
     let tries = dead
@@ -351,18 +359,8 @@ async fn a_poison_settle_message_ends_in_the_dead_letter_queue() {
     }
     let dlq = topology.dead_letter_queue(&topology.transactions_queue());
     let ch = conn.create_channel().await.expect("channel");
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let mut dead = Vec::new();
-    while dead.len() < poisons.len() {
-        let got = ch.basic_get(&dlq, lapin::options::BasicGetOptions { no_ack: true }).await.expect("basic_get");
-        match got {
-            Some(m) => dead.push(m.delivery.data.clone()),
-            None => {
-                assert!(std::time::Instant::now() < deadline, "the poison messages did not reach {dlq}: {dead:?}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let dead: Vec<Vec<u8>> =
+        dead_letters(&ch, &dlq, poisons.len()).await.into_iter().map(|m| m.delivery.data).collect();
     assert_eq!(dead, poisons.map(<[u8]>::to_vec));
     // The worker goes on: a normal transfer still settles.
     let (_, ids) = send_some(&s, 1).await;
