@@ -7,7 +7,9 @@
 #
 # Usage: scripts/bench.sh [OPTIONS]
 #   --quick               levels 1,8,32 at 5 s each
-#   --levels LIST         concurrency levels, e.g. 1,2,4,8 (default 1,2,4,8,16,32,64,128)
+#   --levels LIST         concurrency levels, e.g. 1,2,4,8 (default 1,2,4,8,16,32,64,128);
+#                         none: only the --paced-rates levels
+#   --paced-rates LIST    extra open-loop levels at these rates, e.g. 200,400 (per second)
 #   --duration SECS       seconds of load per level (default 10)
 #   --users N             users to register (default 500)
 #   --drain-timeout SECS  most seconds to wait for a level to settle (default 60)
@@ -38,6 +40,7 @@ USERS=500
 DRAIN=60
 PGBENCH=1
 PACED_ARGS=()
+PACED_RATES=""
 ORIG_ARGS=("$@")
 while (($#)); do
     case "$1" in
@@ -47,12 +50,18 @@ while (($#)); do
         --users) USERS="${2:?--users needs a number}"; shift 2 ;;
         --drain-timeout) DRAIN="${2:?--drain-timeout needs seconds}"; shift 2 ;;
         --no-pgbench) PGBENCH=0; shift ;;
-        --no-paced) PACED_ARGS=(--no-paced); shift ;;
+        --no-paced) PACED_ARGS+=(--no-paced); shift ;;
+        --paced-rates) PACED_RATES="${2:?--paced-rates needs a list}"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown option '$1'" ;;
     esac
 done
-[[ "$LEVELS" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--levels must be a comma-separated list of numbers, got '$LEVELS'"
+[[ "$LEVELS" =~ ^([0-9]+(,[0-9]+)*|none)$ ]] || die "--levels must be a comma-separated list of numbers or none, got '$LEVELS'"
+if [[ -n "$PACED_RATES" ]]; then
+    [[ "$PACED_RATES" =~ ^[0-9]+(\.[0-9]+)?(,[0-9]+(\.[0-9]+)?)*$ ]] || die "--paced-rates must be a comma-separated list of rates, got '$PACED_RATES'"
+    PACED_ARGS+=(--paced-rates "$PACED_RATES")
+fi
+[[ "$LEVELS" != none || -n "$PACED_RATES" ]] || die "--levels none needs --paced-rates"
 [[ "$DURATION" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--duration must be seconds, got '$DURATION'"
 [[ "$DRAIN" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--drain-timeout must be seconds, got '$DRAIN'"
 [[ "$USERS" =~ ^[0-9]+$ ]] || die "--users must be a number, got '$USERS'"

@@ -299,8 +299,10 @@ rmq_env_vars() {
         RABBITMQ_MNESIA_BASE="$RMQ_DIR/mnesia"
         RABBITMQ_LOG_BASE="$RMQ_LOG_DIR"
         RABBITMQ_PID_FILE="$RMQ_PID"
-        # Erlang distribution (node <-> CLI tools) on loopback only.
-        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}"
+        # Erlang distribution (node <-> CLI tools) on loopback only. No
+        # scheduler busy-waiting: on a 2-core box shared with Postgres and
+        # PayFlow, spinning Erlang schedulers take CPU the others need.
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1} +sbwt none +sbwtdcpu none +sbwtdio none"
         "RABBITMQ_CTL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}"
     )
 }

@@ -21,7 +21,10 @@ const MAX_BATCH: usize = 64;
 /// Most holds one wallet call places (wallet's own limit).
 const MAX_HOLDS: usize = 40;
 /// Batches of one kind running at once: while one commits, the next gathers.
-const PARALLEL: usize = 4;
+/// One, measured: at 600 requests/s open loop p99 30-33 ms against 47 ms with
+/// four, and 1,899 accepted/s at 128 senders against 1,850 with two (the fewer
+/// statements outweigh the wait for the one in flight).
+const PARALLEL: usize = 1;
 
 type Pending = (NewTransaction, Option<FreshKey>);
 

@@ -27,6 +27,11 @@ use crate::model::Status;
 use crate::store;
 use crate::wallet_client::{Resolution, WalletClient};
 
+/// PROCESSING for `$1` (uuid[]) still PENDING; `IS TRUE` keeps the planner on
+/// the primary key (see the note in `store`).
+pub(crate) const MARK_PROCESSING: &str = "UPDATE txn.transactions SET status = 'PROCESSING', \
+     processing_started_at = now() WHERE id = ANY($1) AND (status = 'PENDING') IS TRUE";
+
 /// A settle message: `{"transactionId"}`, or `{"transactionIds":[...]}` for
 /// the transactions accepted together (one message per accept batch).
 #[derive(Debug, Deserialize)]
@@ -221,13 +226,7 @@ impl Worker {
         let mut seen = HashSet::new();
         let ids: Vec<Uuid> =
             work.iter().flat_map(|(_, m)| m.body.ids()).copied().filter(|id| seen.insert(*id)).collect();
-        sqlx::query(
-            "UPDATE txn.transactions SET status = 'PROCESSING', processing_started_at = now() \
-             WHERE id = ANY($1) AND status = 'PENDING'",
-        )
-        .bind(&ids)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(MARK_PROCESSING).bind(&ids).execute(&self.pool).await?;
 
         let correlation = work.first().map(|(_, m)| m.correlation_id.clone()).unwrap_or_default();
         let outcomes = self.resolve_all(&ids, &correlation).await;

@@ -106,6 +106,20 @@ pub enum Outcome<T> {
 
 const MAX_ATTEMPTS: u32 = 8;
 
+// Two statements pick transfers by id and guard them by state. They write the
+// guard as `(...) IS TRUE` (the same test, state is NOT NULL): a bare state
+// test lets the planner use the partial index `transfers_pending_by_timeout`,
+// whose statistics can say "empty" while thousands of holds sit in it, and
+// scan them all. With `IS TRUE` only the primary key fits (tested below).
+
+/// Locks the still-pending transfers among `$1` (uuid[]), in id order.
+const LOCK_PENDING: &str = "SELECT id, debit_account_id, credit_account_id, amount FROM wallet.transfers \
+     WHERE id = ANY($1) AND (state = 'pending') IS TRUE ORDER BY id FOR UPDATE";
+
+/// Voids transfer `$1` if it is still pending.
+const VOID_PENDING: &str = "UPDATE wallet.transfers SET state = 'voided', resolved_at = now() \
+     WHERE id = $1 AND (state = 'pending') IS TRUE RETURNING debit_account_id, amount";
+
 /// Runs `op` again on deadlocks, serialization failures and [`LedgerError::Retry`].
 async fn retrying<T, F, Fut>(mut op: F) -> Result<T, LedgerError>
 where
@@ -344,13 +358,7 @@ pub async fn post_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<(Uuid, BatchOu
     retrying(|| async {
         let mut tx = pool.begin().await?;
         // Transfer rows first, in id order, so overlapping batches queue instead of deadlocking.
-        let moving: Vec<(Uuid, Uuid, Uuid, i64)> = sqlx::query_as(
-            "SELECT id, debit_account_id, credit_account_id, amount FROM wallet.transfers \
-             WHERE id = ANY($1) AND state = 'pending' ORDER BY id FOR UPDATE",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
+        let moving: Vec<(Uuid, Uuid, Uuid, i64)> = sqlx::query_as(LOCK_PENDING).bind(&ids).fetch_all(&mut *tx).await?;
         if !moving.is_empty() {
             let moving_ids: Vec<Uuid> = moving.iter().map(|m| m.0).collect();
             sqlx::query("UPDATE wallet.transfers SET state = 'posted', resolved_at = now() WHERE id = ANY($1)")
@@ -427,13 +435,7 @@ pub async fn post_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<(Uuid, BatchOu
 pub async fn void(pool: &PgPool, id: TransferId) -> Result<Transfer, LedgerError> {
     retrying(|| async {
         let mut tx = pool.begin().await?;
-        let row: Option<(Uuid, i64)> = sqlx::query_as(
-            "UPDATE wallet.transfers SET state = 'voided', resolved_at = now() \
-             WHERE id = $1 AND state = 'pending' RETURNING debit_account_id, amount",
-        )
-        .bind(id.0)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row: Option<(Uuid, i64)> = sqlx::query_as(VOID_PENDING).bind(id.0).fetch_optional(&mut *tx).await?;
         if let Some((debit, amount)) = row {
             sqlx::query(
                 "UPDATE wallet.accounts SET pending_debits = pending_debits - $2, updated_at = now() WHERE id = $1",
@@ -504,4 +506,29 @@ async fn move_money(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn guarded_statements_by_id_use_the_primary_key_not_the_pending_index() {
+        let url = std::env::var("PAYFLOW_TEST_DATABASE_URL")
+            .expect("PAYFLOW_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh");
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.expect("connect");
+        crate::migrate(&pool).await.expect("migrate");
+        let ids = vec![Uuid::now_v7(), Uuid::now_v7()];
+        let sqls = [LOCK_PENDING, VOID_PENDING].map(|sql| format!("EXPLAIN {sql}"));
+        let plans = [
+            ("post: lock", sqlx::query_scalar(&sqls[0]).bind(&ids)),
+            ("void", sqlx::query_scalar(&sqls[1]).bind(ids[0])),
+        ];
+        for (what, query) in plans {
+            let plan: Vec<String> = query.fetch_all(&pool).await.expect("explain");
+            let plan = plan.join("\n");
+            assert!(plan.contains("transfers_pkey"), "{what}: not on the primary key:\n{plan}");
+            assert!(!plan.contains("transfers_pending_by_timeout"), "{what}: on the partial index:\n{plan}");
+        }
+    }
 }

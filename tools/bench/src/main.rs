@@ -32,10 +32,14 @@ struct Cli {
     #[arg(long, env = "PAYFLOW_BENCH_USERS", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(2..=100_000))]
     users: u32,
-    /// Concurrency levels (closed-loop senders), comma-separated.
-    #[arg(long, env = "PAYFLOW_BENCH_LEVELS", value_delimiter = ',', default_value = "1,2,4,8,16,32,64,128",
-          value_parser = clap::value_parser!(u32).range(1..=4096))]
-    levels: Vec<u32>,
+    /// Concurrency levels (closed-loop senders), comma-separated; "none" runs
+    /// only the --paced-rates levels.
+    #[arg(long, env = "PAYFLOW_BENCH_LEVELS", default_value = "1,2,4,8,16,32,64,128", value_parser = parse_levels)]
+    levels: Levels,
+    /// Open-loop levels at these fixed rates (requests per second, comma-separated),
+    /// run after the closed-loop levels: to probe latency at a chosen load.
+    #[arg(long = "paced-rates", env = "PAYFLOW_BENCH_PACED_RATES", value_delimiter = ',')]
+    paced_rates: Vec<f64>,
     /// Seconds of load per level.
     #[arg(long, env = "PAYFLOW_BENCH_DURATION", default_value_t = 10.0)]
     duration: f64,
@@ -78,6 +82,23 @@ struct Cli {
     queue: String,
 }
 
+/// The closed-loop levels, parsed once: "none" or a list of 1..=4096.
+#[derive(Clone, Debug)]
+struct Levels(Vec<u32>);
+
+fn parse_levels(s: &str) -> Result<Levels, String> {
+    if s.trim() == "none" {
+        return Ok(Levels(Vec::new()));
+    }
+    s.split(',')
+        .map(|p| match p.trim().parse::<u32>() {
+            Ok(n @ 1..=4096) => Ok(n),
+            _ => Err(format!("'{p}' is not a concurrency between 1 and 4096")),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Levels)
+}
+
 fn secs(v: f64, what: &str, max: f64) -> anyhow::Result<Duration> {
     anyhow::ensure!(v.is_finite() && v > 0.0 && v <= max, "{what} must be between 0 and {max} seconds, got {v}");
     Ok(Duration::from_secs_f64(v))
@@ -89,10 +110,13 @@ async fn main() -> anyhow::Result<()> {
     let duration = secs(cli.duration, "--duration", 3600.0)?;
     let drain_limit = secs(cli.drain_timeout, "--drain-timeout", 3600.0)?;
     let request_timeout = secs(cli.request_timeout, "--request-timeout", 600.0)?;
-    anyhow::ensure!(!cli.levels.is_empty(), "--levels is empty");
+    anyhow::ensure!(!cli.levels.0.is_empty() || !cli.paced_rates.is_empty(), "--levels none needs --paced-rates");
+    for &r in &cli.paced_rates {
+        anyhow::ensure!(r.is_finite() && r > 0.0, "--paced-rates must be positive numbers, got {r}");
+    }
     anyhow::ensure!(!cli.amount.is_empty(), "--amount is empty");
     let gateway = cli.gateway.trim_end_matches('/').to_string();
-    let max_level = (cli.levels.iter().copied().max().unwrap_or(1) as usize).max(cli.paced_max_in_flight);
+    let max_level = (cli.levels.0.iter().copied().max().unwrap_or(1) as usize).max(cli.paced_max_in_flight);
 
     let client = reqwest::Client::builder()
         .timeout(request_timeout)
@@ -120,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("bench: registered {} users in {reg_secs:.1} s ({:.0}/s)", users.len(), users.len() as f64 / reg_secs);
 
     let mut levels = Vec::new();
-    for &c in &cli.levels {
+    for &c in &cli.levels.0 {
         if tokens_at.elapsed() >= Duration::from_secs(cli.token_refresh_after) {
             eprintln!("bench: refreshing access tokens");
             users = load::refresh_tokens(&client, &gateway, users, cli.register_concurrency).await?;
@@ -149,9 +173,10 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let peak = levels.iter().map(report::Level::accepted_per_sec).fold(0.0, f64::max);
-    if !cli.no_paced && peak > 0.0 {
-        let rate = peak / 2.0;
-        eprintln!("bench: paced at {rate:.0}/s (half the peak): {:.0} s of load", duration.as_secs_f64());
+    let half_peak = (!cli.no_paced && peak > 0.0).then_some(peak / 2.0);
+    for rate in cli.paced_rates.iter().copied().chain(half_peak) {
+        let what = if Some(rate) == half_peak { " (half the peak)" } else { "" };
+        eprintln!("bench: paced at {rate:.0}/s{what}: {:.0} s of load", duration.as_secs_f64());
         let load = Load::Paced { rate, max_in_flight: cli.paced_max_in_flight };
         let shared = Arc::new(users.clone());
         let level = run_level(&client, &pool, &cli, management.clone(), shared, load, duration, drain_limit)

@@ -217,7 +217,13 @@ pub fn verdict(levels: &[Level]) -> String {
             (a.accepted_per_sec() - peak / 2.0).abs().total_cmp(&(b.accepted_per_sec() - peak / 2.0).abs())
         })
     };
-    if let Some(h) = levels.iter().find(|l| l.paced_rate.is_some()).or_else(nearest) {
+    // Of several open-loop levels (--paced-rates), the one nearest half the peak.
+    let paced = levels
+        .iter()
+        .filter_map(|l| Some((l, l.paced_rate?)))
+        .min_by(|(_, a), (_, b)| (a - peak / 2.0).abs().total_cmp(&(b - peak / 2.0).abs()))
+        .map(|(l, _)| l);
+    if let Some(h) = paced.or_else(nearest).filter(|_| !closed.is_empty()) {
         let p99 = h.accept_ms(0.99).unwrap_or(f64::INFINITY);
         let how = match h.paced_rate {
             Some(rate) => format!(
