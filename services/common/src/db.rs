@@ -17,8 +17,8 @@ use crate::config::DbArgs;
 /// Generic plans: every statement here is prepared once per connection and
 /// its plan does not depend on the values, but Postgres would plan the
 /// array-parameter statements afresh on each call (the generic plan's
-/// estimates look worse than a custom one), which cost a fifth of its CPU
-/// in the send-money benchmark.
+/// estimates look worse than a custom one): in the send-money benchmark at
+/// 100 transfers/s, Postgres used 0.39 cores with generic plans, 0.57 without.
 fn connect_options(args: &DbArgs) -> anyhow::Result<PgConnectOptions> {
     let opts: PgConnectOptions = args.database_url.parse()?;
     Ok(opts.options([("plan_cache_mode", "force_generic_plan")]))
