@@ -317,7 +317,7 @@ fn print_report(cli: &Cli, levels: &[report::Level], users: usize, reg_secs: f64
     println!("### Targets\n\n{}", report::verdict(levels));
     println!("### Where the time goes (window and drain of each level)\n");
     println!("{}", report::diagnostics_table(levels));
-    println!("CPU during the load (cores; the machine has {cores}):\n\n{}", report::cpu_lines(levels));
+    println!("CPU during the load (cores; the machine has {cores}):\n\n{}", report::cpu_lines(levels, cores as f64));
     let lat = report::server_latencies(levels);
     if !lat.is_empty() {
         println!("Server-side mean latency by route (requests during the level):\n\n{lat}");

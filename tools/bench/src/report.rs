@@ -153,7 +153,9 @@ fn per_transfer(l: &Level, v: f64, digits: usize) -> String {
     format!("{:.*}", digits, v / n as f64)
 }
 
-pub fn cpu_lines(levels: &[Level]) -> String {
+/// Cores per process and idle cores of each level, and what the whole
+/// machine spent per accepted transfer (load generator included).
+pub fn cpu_lines(levels: &[Level], cores: f64) -> String {
     let mut out = String::new();
     for l in levels {
         let (procs, idle) = &l.cpu;
@@ -161,7 +163,11 @@ pub fn cpu_lines(levels: &[Level]) -> String {
             continue;
         }
         let busy = procs.iter().take(6).map(|(k, c)| format!("{k} {c:.2}")).collect::<Vec<_>>().join(", ");
-        let _ = writeln!(out, "- conc {}: {busy}; idle {idle:.2}", l.label());
+        let per_transfer = match l.accepted_per_sec() {
+            r if r > 0.0 => format!("; {:.2} ms of CPU per transfer", (cores - idle).max(0.0) / r * 1e3),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "- conc {}: {busy}; idle {idle:.2}{per_transfer}", l.label());
     }
     out
 }
