@@ -55,6 +55,9 @@ fn env(m: &Managed, names: &Names) -> Value {
         "rabbitmq" => json!([
             {"name": "RABBITMQ_DEFAULT_USER", "value": "payflow"},
             {"name": "RABBITMQ_DEFAULT_PASS", "valueFrom": secret("rabbitmq-password")},
+            // No scheduler busy-waiting: spinning Erlang schedulers burn the pod's CPU quota
+            // (and, on a small node, CPU that Postgres and the services need) while idle.
+            {"name": "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "value": "+sbwt none +sbwtdcpu none +sbwtdio none"},
         ]),
         _ => json!([]),
     }
