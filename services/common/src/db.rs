@@ -24,24 +24,18 @@ fn connect_options(args: &DbArgs) -> anyhow::Result<PgConnectOptions> {
     Ok(opts.options([("plan_cache_mode", "force_generic_plan")]))
 }
 
+fn pool_options(args: &DbArgs) -> PgPoolOptions {
+    PgPoolOptions::new().max_connections(args.max_connections).acquire_timeout(Duration::from_secs(5))
+}
+
 pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
-    let opts = connect_options(args)?;
-    let pool = PgPoolOptions::new()
-        .max_connections(args.max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(opts)
-        .await?;
-    Ok(pool)
+    Ok(pool_options(args).connect_with(connect_options(args)?).await?)
 }
 
 /// A pool that connects on first use, so a service can start (and report
 /// not-ready) while Postgres is still coming up.
 pub fn connect_lazy(args: &DbArgs) -> anyhow::Result<PgPool> {
-    let opts = connect_options(args)?;
-    Ok(PgPoolOptions::new()
-        .max_connections(args.max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(opts))
+    Ok(pool_options(args).connect_lazy_with(connect_options(args)?))
 }
 
 /// Runs `migrator` inside `schema`. Safe to run concurrently from many

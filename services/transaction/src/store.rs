@@ -3,6 +3,8 @@
 //! reversal can race on one transaction and only one of them changes it; the
 //! events of a change are written to the outbox in the same commit.
 
+use std::sync::LazyLock;
+
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction as DbTx};
 use uuid::Uuid;
@@ -68,24 +70,25 @@ type PendingInsert<'q> = sqlx::query::QueryAs<'q, Postgres, Transaction, sqlx::p
 /// Drops a PENDING transaction whose hold wallet refused.
 const DELETE_PENDING: &str = "DELETE FROM txn.transactions WHERE id = $1 AND (status = 'PENDING') IS TRUE";
 
-/// COMPLETED for `$1` (uuid[]), unless already final.
-fn complete_sql() -> String {
+/// COMPLETED for `$1` (uuid[]), unless already final. The statement texts that
+/// need `COLUMNS` are built once, not on every call of the accept and settle paths.
+static COMPLETE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE txn.transactions SET status = 'COMPLETED', completed_at = now(), \
          processing_started_at = COALESCE(processing_started_at, now()) \
          WHERE id = ANY($1) AND (status IN ('PENDING', 'PROCESSING')) IS TRUE RETURNING {COLUMNS}"
     )
-}
+});
 
 /// FAILED for `$1` (uuid[]) with the reasons `$2` (text[]), unless already final.
-fn fail_sql() -> String {
+static FAIL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE txn.transactions t SET status = 'FAILED', completed_at = now(), error_message = f.reason \
          FROM unnest($1::uuid[], $2::text[]) AS f(id, reason) \
          WHERE t.id = f.id AND (t.status IN ('PENDING', 'PROCESSING')) IS TRUE RETURNING {}",
         COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ")
     )
-}
+});
 
 const INSERT_PENDING: &str =
     "INSERT INTO txn.transactions (id, from_user_id, to_user_id, amount, currency, description, status, correlation_id)";
@@ -110,18 +113,10 @@ pub struct FreshKey {
     pub fingerprint: Vec<u8>,
 }
 
-/// Records transactions as PENDING (committed before wallet is asked, so a
-/// crash after the hold leaves a row the reversal finds), each with its fresh
-/// Idempotency-Key record: one statement and one commit for many requests
-/// (`crate::batches`). Per request, in order: the PENDING row, or `None` when
-/// its key is already recorded (also by an earlier request of the same batch):
-/// `idempotency::begin` says what that means.
-pub async fn insert_pending_many(
-    pool: &PgPool,
-    reqs: &[(NewTransaction, Option<FreshKey>)],
-) -> Result<Vec<Option<Transaction>>, sqlx::Error> {
-    // Keys are inserted in (user, key) order, so two batches sharing keys cannot deadlock.
-    let sql = format!(
+/// The statement of [`insert_pending_many`]. Keys are inserted in (user, key)
+/// order, so two batches sharing keys cannot deadlock.
+static INSERT_PENDING_MANY: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "WITH i AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::text[], $6::text[], \
                     $7::text[], $8::uuid[], $9::text[], $10::bytea[]) \
                     AS i(id, from_user_id, to_user_id, amount, currency, description, correlation_id, \
@@ -132,10 +127,22 @@ pub async fn insert_pending_many(
          {INSERT_PENDING} SELECT id, from_user_id, to_user_id, amount, currency, description, 'PENDING', \
                 correlation_id FROM i WHERE key_user IS NULL OR id IN (SELECT transaction_id FROM k) \
          RETURNING {COLUMNS}"
-    );
+    )
+});
+
+/// Records transactions as PENDING (committed before wallet is asked, so a
+/// crash after the hold leaves a row the reversal finds), each with its fresh
+/// Idempotency-Key record: one statement and one commit for many requests
+/// (`crate::batches`). Per request, in order: the PENDING row, or `None` when
+/// its key is already recorded (also by an earlier request of the same batch):
+/// `idempotency::begin` says what that means.
+pub async fn insert_pending_many(
+    pool: &PgPool,
+    reqs: &[(NewTransaction, Option<FreshKey>)],
+) -> Result<Vec<Option<Transaction>>, sqlx::Error> {
     let news = || reqs.iter().map(|(t, _)| t);
     let keys = || reqs.iter().map(|(_, k)| k.as_ref());
-    let rows: Vec<Transaction> = sqlx::query_as(&sql)
+    let rows: Vec<Transaction> = sqlx::query_as(&INSERT_PENDING_MANY)
         .bind(news().map(|t| t.id).collect::<Vec<_>>())
         .bind(news().map(|t| t.from).collect::<Vec<_>>())
         .bind(news().map(|t| t.to).collect::<Vec<_>>())
@@ -151,6 +158,16 @@ pub async fn insert_pending_many(
     let mut by_id: std::collections::HashMap<Uuid, Transaction> = rows.into_iter().map(|t| (t.id, t)).collect();
     Ok(news().map(|t| by_id.remove(&t.id)).collect())
 }
+
+/// The statement of [`accept_many`].
+static ACCEPT_MANY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH i AS (SELECT * FROM unnest($6::uuid[], $7::text[], $8::text[]) AS i(key_user, key, response)), \
+              o AS ({INSERT_OUTBOX}) \
+         UPDATE txn.idempotency_keys k SET response_status = 201, response_body = i.response, completed_at = now() \
+         FROM i WHERE k.user_id = i.key_user AND k.key = i.key"
+    )
+});
 
 /// What [`accept_many`] writes for one accepted transaction.
 #[derive(Debug, Clone)]
@@ -168,13 +185,7 @@ pub struct Accepted {
 /// of accepts costs the broker one message, not one each.
 pub async fn accept_many(pool: &PgPool, topology: &Topology, items: &[Accepted]) -> Result<(), sqlx::Error> {
     let Some(first) = items.first() else { return Ok(()) };
-    let sql = format!(
-        "WITH i AS (SELECT * FROM unnest($6::uuid[], $7::text[], $8::text[]) AS i(key_user, key, response)), \
-              o AS ({INSERT_OUTBOX}) \
-         UPDATE txn.idempotency_keys k SET response_status = 201, response_body = i.response, completed_at = now() \
-         FROM i WHERE k.user_id = i.key_user AND k.key = i.key"
-    );
-    sqlx::query(&sql)
+    sqlx::query(&ACCEPT_MANY)
         .bind(Uuid::now_v7())
         .bind(topology.work_exchange())
         .bind(payflow_messaging::topology::SETTLE)
@@ -282,14 +293,12 @@ pub async fn finish_in(
 ) -> Result<Vec<Transaction>, sqlx::Error> {
     let mut changed = Vec::new();
     if !completed.is_empty() {
-        changed.extend(sqlx::query_as::<_, Transaction>(&complete_sql()).bind(completed).fetch_all(&mut **tx).await?);
+        changed.extend(sqlx::query_as::<_, Transaction>(&COMPLETE).bind(completed).fetch_all(&mut **tx).await?);
     }
     if !failed.is_empty() {
         let ids: Vec<Uuid> = failed.iter().map(|f| f.0).collect();
         let reasons: Vec<String> = failed.iter().map(|f| f.1.clone()).collect();
-        changed.extend(
-            sqlx::query_as::<_, Transaction>(&fail_sql()).bind(&ids).bind(&reasons).fetch_all(&mut **tx).await?,
-        );
+        changed.extend(sqlx::query_as::<_, Transaction>(&FAIL).bind(&ids).bind(&reasons).fetch_all(&mut **tx).await?);
     }
     // One event message per kind for the whole batch (`{"events":[...]}`; a
     // lone event keeps the one-event shape): the broker and the notification
@@ -354,7 +363,7 @@ mod tests {
         let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.expect("connect");
         crate::migrate(&pool).await.expect("migrate");
         let ids = vec![Uuid::now_v7(), Uuid::now_v7()];
-        let sqls = [crate::worker::MARK_PROCESSING.to_string(), complete_sql(), fail_sql(), DELETE_PENDING.to_string()]
+        let sqls = [crate::worker::MARK_PROCESSING, COMPLETE.as_str(), FAIL.as_str(), DELETE_PENDING]
             .map(|sql| format!("EXPLAIN {sql}"));
         let plans = [
             ("PROCESSING", sqlx::query_scalar(&sqls[0]).bind(&ids)),
