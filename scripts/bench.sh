@@ -74,10 +74,7 @@ BIN="$CARGO_TARGET_DIR/release/payflow"
 BENCH_BIN="$CARGO_TARGET_DIR/release/payflow-bench"
 READY_TIMEOUT="${PAYFLOW_READY_TIMEOUT:-120}"
 GATEWAY_PORT="${PAYFLOW_GATEWAY_PORT:-3000}"
-PORTS=(
-    "$GATEWAY_PORT" "${PAYFLOW_WALLET_PORT:-3001}" "${PAYFLOW_TRANSACTION_PORT:-3002}"
-    "${PAYFLOW_NOTIFICATION_PORT:-3003}" "${PAYFLOW_AUTH_PORT:-3004}" "${PAYFLOW_WORKER_PORT:-3005}"
-)
+read -ra PORTS <<<"$(payflow_ports)"
 GATEWAY="http://127.0.0.1:$GATEWAY_PORT"
 METRICS_URLS="$GATEWAY/metrics,http://127.0.0.1:${PORTS[1]}/metrics,http://127.0.0.1:${PORTS[2]}/metrics,http://127.0.0.1:${PORTS[5]}/metrics"
 
@@ -143,7 +140,7 @@ PAYFLOW_RATE_LIMIT_IP_PER_MINUTE=0 \
     setsid "$BIN" dev >>"$APP_LOG" 2>&1 </dev/null 9>&- &
 APP_PID=$!
 
-wait_payflow_ready "$GATEWAY" "$APP_PID" "$APP_LOG" "$READY_TIMEOUT"
+wait_payflow_ready "$APP_PID" "$APP_LOG" "$READY_TIMEOUT"
 log "payflow ready at $GATEWAY"
 
 pg_settings="$(psql "$PAYFLOW_DATABASE_URL" -XAtq -F ' ' -c \

@@ -142,20 +142,32 @@ usage_of() {
     sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$1"
 }
 
-# wait_payflow_ready BASE_URL PID LOG TIMEOUT_S: wait until BASE_URL/readyz
-# answers 200; die, showing LOG's tail, if PID exits first or time runs out.
+# payflow_ports: the ports of `payflow dev`'s components (gateway first), from
+# the same PAYFLOW_*_PORT variables payflow reads.
+payflow_ports() {
+    echo "${PAYFLOW_GATEWAY_PORT:-3000}" "${PAYFLOW_WALLET_PORT:-3001}" "${PAYFLOW_TRANSACTION_PORT:-3002}" \
+        "${PAYFLOW_NOTIFICATION_PORT:-3003}" "${PAYFLOW_AUTH_PORT:-3004}" "${PAYFLOW_WORKER_PORT:-3005}"
+}
+
+# wait_payflow_ready PID LOG TIMEOUT_S: wait until every component of
+# `payflow dev` answers 200 on /readyz (the gateway alone can be ready while
+# auth is still starting, and the first request would get a 503); die, showing
+# LOG's tail, if PID exits first or time runs out.
 wait_payflow_ready() {
-    local url="$1/readyz" pid="$2" log_file="$3" deadline=$((EPOCHSECONDS + $4))
-    until [[ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url")" == 200 ]]; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            log_tail "$log_file" 60
-            die "payflow dev exited before $url answered 200"
-        fi
-        if ((EPOCHSECONDS >= deadline)); then
-            log_tail "$log_file" 60
-            die "$url did not answer 200 within ${4}s"
-        fi
-        sleep 0.25
+    local pid="$1" log_file="$2" deadline=$((EPOCHSECONDS + $3)) port url
+    for port in $(payflow_ports); do
+        url="http://127.0.0.1:$port/readyz"
+        until [[ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url")" == 200 ]]; do
+            if ! kill -0 "$pid" 2>/dev/null; then
+                log_tail "$log_file" 60
+                die "payflow dev exited before $url answered 200"
+            fi
+            if ((EPOCHSECONDS >= deadline)); then
+                log_tail "$log_file" 60
+                die "$url did not answer 200 within ${3}s"
+            fi
+            sleep 0.25
+        done
     done
 }
 

@@ -100,10 +100,12 @@ eval "$stack_env"
 log "running migrations (payflow migrate)"
 "$BIN" migrate
 
-# Otherwise /readyz could be answered by whatever already holds the port.
-if port_open "$GATEWAY_PORT"; then
-    die "port $GATEWAY_PORT is already in use by another process (see: ss -ltnp 'sport = :$GATEWAY_PORT')"
-fi
+# Otherwise /readyz could be answered by whatever already holds a port.
+for port in $(payflow_ports); do
+    if port_open "$port"; then
+        die "port $port is already in use by another process (see: ss -ltnp 'sport = :$port')"
+    fi
+done
 mkdir -p "$RUN_DIR"
 log "starting payflow dev (log: $APP_LOG)"
 printf '\n===== payflow dev started %s =====\n' "$(date -Is)" >>"$APP_LOG"
@@ -114,7 +116,7 @@ APP_PID=$!
 echo "$APP_PID" >"$APP_PID_FILE"
 
 t0="$(now_us)"
-wait_payflow_ready "$GATEWAY" "$APP_PID" "$APP_LOG" "$READY_TIMEOUT"
+wait_payflow_ready "$APP_PID" "$APP_LOG" "$READY_TIMEOUT"
 log "payflow ready at $GATEWAY ($(elapsed_since "$t0")s)"
 
 # register EMAIL PASSWORD NAME: create a demo user; 409 = exists already.

@@ -54,8 +54,20 @@ pub struct GatewayMetrics {
     pub idempotent_replays: prometheus::IntCounter,
 }
 
+/// The gateway's shared state. Cloned for every request (and again by each
+/// middleware that takes it), so it is one `Arc`: cloning the fields one by one
+/// was about 5% of the gateway's CPU at 1,000 requests/s.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Parts>);
+
+impl std::ops::Deref for AppState {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+pub struct Parts {
     pub redis: redis::aio::ConnectionManager,
     pub verifier: JwtVerifier,
     pub revocations: RevocationList,
@@ -110,7 +122,7 @@ impl AppState {
         metrics.register(Box::new(gateway_metrics.idempotent_replays.clone()));
         metrics.register(Box::new(gateway_metrics.rate_limited.clone()));
         metrics.register(Box::new(gateway_metrics.upstream_requests.clone()));
-        Ok(Self {
+        Ok(Self(Arc::new(Parts {
             revocations: RevocationList::new(redis.clone()),
             limiter: RateLimiter::new(redis.clone()),
             redis,
@@ -131,7 +143,7 @@ impl AppState {
             cors_origins: cfg.cors_origins.clone(),
             metrics,
             gateway_metrics,
-        })
+        })))
     }
 }
 
