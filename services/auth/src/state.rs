@@ -49,7 +49,7 @@ impl AppState {
             }
         };
         let verifier = signer.verifier(&cfg.claims);
-        let pool = payflow_common::db::connect(&cfg.db).await?;
+        let pool = payflow_common::db::connect(&cfg.db, "auth").await?;
         let redis = payflow_common::redis_conn::connect(&cfg.redis).await?;
         let metrics = Metrics::new(SERVICE_NAME);
         let auth_metrics = AuthMetrics::register(&metrics)?;

@@ -19,8 +19,14 @@ use crate::config::DbArgs;
 /// array-parameter statements afresh on each call (the generic plan's
 /// estimates look worse than a custom one): in the send-money benchmark at
 /// 100 transfers/s, Postgres used 0.39 cores with generic plans, 0.57 without.
-fn connect_options(args: &DbArgs) -> anyhow::Result<PgConnectOptions> {
-    let opts: PgConnectOptions = args.database_url.parse()?;
+///
+/// `application_name` is `payflow-<component>` unless the URL sets one, so
+/// `pg_stat_activity` shows which component holds a session or a lock.
+fn connect_options(args: &DbArgs, component: &str) -> anyhow::Result<PgConnectOptions> {
+    let mut opts: PgConnectOptions = args.database_url.parse()?;
+    if opts.get_application_name().is_none() {
+        opts = opts.application_name(&format!("payflow-{component}"));
+    }
     Ok(opts.options([("plan_cache_mode", "force_generic_plan")]))
 }
 
@@ -29,7 +35,7 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Pool settings. sqlx pings every connection it hands out by default: one more
 /// round trip to Postgres per statement, which at 1,000 transfers/s was about
-/// 7% of this process's CPU. Only connections that sat idle (where a restart or
+/// 7% of the services' CPU samples. Only connections that sat idle (where a restart or
 /// a dropped link goes unnoticed) are pinged; a busy one that broke fails its
 /// statement and is replaced.
 fn pool_options(args: &DbArgs) -> PgPoolOptions {
@@ -47,14 +53,9 @@ fn pool_options(args: &DbArgs) -> PgPoolOptions {
         })
 }
 
-pub async fn connect(args: &DbArgs) -> anyhow::Result<PgPool> {
-    Ok(pool_options(args).connect_with(connect_options(args)?).await?)
-}
-
-/// A pool that connects on first use, so a service can start (and report
-/// not-ready) while Postgres is still coming up.
-pub fn connect_lazy(args: &DbArgs) -> anyhow::Result<PgPool> {
-    Ok(pool_options(args).connect_lazy_with(connect_options(args)?))
+/// A pool for `component` (wallet, worker, ...), connected now.
+pub async fn connect(args: &DbArgs, component: &str) -> anyhow::Result<PgPool> {
+    Ok(pool_options(args).connect_with(connect_options(args, component)?).await?)
 }
 
 /// Runs `migrator` inside `schema`. Safe to run concurrently from many

@@ -90,7 +90,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
 }
 
 pub(crate) async fn migrate(db: &DbArgs) -> anyhow::Result<()> {
-    let pool = payflow_common::db::connect(db).await?;
+    let pool = payflow_common::db::connect(db, "migrate").await?;
     payflow_auth::migrate(&pool).await?;
     payflow_wallet::migrate(&pool).await?;
     payflow_transaction::migrate(&pool).await?;
@@ -101,7 +101,7 @@ pub(crate) async fn migrate(db: &DbArgs) -> anyhow::Result<()> {
 }
 
 async fn ledger_check(db: &DbArgs) -> anyhow::Result<std::process::ExitCode> {
-    let pool = payflow_common::db::connect(db).await?;
+    let pool = payflow_common::db::connect(db, "ledger-check").await?;
     let report = payflow_wallet::ledger_check(&pool).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(if report.is_ok() {

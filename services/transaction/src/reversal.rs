@@ -23,7 +23,7 @@ pub struct ReversalReport {
 }
 
 pub async fn run(cfg: &ReversalConfig) -> anyhow::Result<ReversalReport> {
-    let pool = payflow_common::db::connect(&cfg.db).await?;
+    let pool = payflow_common::db::connect(&cfg.db, "reversal").await?;
     let wallet = WalletClient::new(&cfg.wallet)?;
     let topology = payflow_messaging::Topology::new(&cfg.amqp_prefix, 1);
     let report = reverse(&pool, &wallet, &topology, cfg.older_than, cfg.batch, None).await?;

@@ -109,7 +109,7 @@ struct Worker {
 
 /// Runs the worker (and its metrics endpoint) until shutdown.
 pub async fn run(cfg: WorkerConfig, cancel: CancellationToken) -> anyhow::Result<()> {
-    let pool = payflow_common::db::connect(&cfg.db).await?;
+    let pool = payflow_common::db::connect(&cfg.db, "worker").await?;
     let metrics = Metrics::new("worker");
     let info = ServiceInfo::new("worker", metrics.clone(), Readiness::postgres(pool.clone()));
     let listener = server::bind(cfg.listen.addr(cfg.port)).await?;

@@ -106,15 +106,18 @@ pub enum Outcome<T> {
 
 const MAX_ATTEMPTS: u32 = 8;
 
-// Two statements pick transfers by id and guard them by state. They write the
-// guard as `(...) IS TRUE` (the same test, state is NOT NULL): a bare state
-// test lets the planner use the partial index `transfers_pending_by_timeout`,
-// whose statistics can say "empty" while thousands of holds sit in it, and
-// scan them all. With `IS TRUE` only the primary key fits (tested below).
+// Two statements pick transfers by id and guard them by state (wallet.post_batch's
+// lock, and the void). They write the guard as `(...) IS TRUE` (the same test,
+// state is NOT NULL): a bare state test lets the planner use the partial index
+// `transfers_pending_by_timeout`, whose statistics can say "empty" while
+// thousands of holds sit in it, and scan them all. With `IS TRUE` only the
+// primary key fits (tested below).
 
-/// Locks the still-pending transfers among `$1` (uuid[]), in id order.
+/// Locks the still-pending transfers among `p_ids`, in id order: the first
+/// statement of wallet.post_batch, verbatim (the test below checks both).
+#[cfg(test)]
 const LOCK_PENDING: &str = "SELECT id, debit_account_id, credit_account_id, amount FROM wallet.transfers \
-     WHERE id = ANY($1) AND (state = 'pending') IS TRUE ORDER BY id FOR UPDATE";
+     WHERE id = ANY(p_ids) AND (state = 'pending') IS TRUE ORDER BY id FOR UPDATE";
 
 /// Voids transfer `$1` if it is still pending.
 const VOID_PENDING: &str = "UPDATE wallet.transfers SET state = 'voided', resolved_at = now() \
@@ -356,64 +359,9 @@ pub async fn post_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<(Uuid, BatchOu
     ids.sort_unstable();
     ids.dedup();
     retrying(|| async {
-        let mut tx = pool.begin().await?;
-        // Transfer rows first, in id order, so overlapping batches queue instead of deadlocking.
-        let moving: Vec<(Uuid, Uuid, Uuid, i64)> = sqlx::query_as(LOCK_PENDING).bind(&ids).fetch_all(&mut *tx).await?;
-        if !moving.is_empty() {
-            let moving_ids: Vec<Uuid> = moving.iter().map(|m| m.0).collect();
-            sqlx::query("UPDATE wallet.transfers SET state = 'posted', resolved_at = now() WHERE id = ANY($1)")
-                .bind(&moving_ids)
-                .execute(&mut *tx)
-                .await?;
-            // Net effect per account: balance delta and released hold.
-            let mut deltas: std::collections::BTreeMap<Uuid, (i64, i64)> = Default::default();
-            for (_, debit, credit, amount) in &moving {
-                let d = deltas.entry(*debit).or_default();
-                d.0 -= amount;
-                d.1 += amount;
-                deltas.entry(*credit).or_default().0 += amount;
-            }
-            let accounts: Vec<Uuid> = deltas.keys().copied().collect();
-            sqlx::query("SELECT id FROM wallet.accounts WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
-                .bind(&accounts)
-                .execute(&mut *tx)
-                .await?;
-            let balance: Vec<i64> = deltas.values().map(|d| d.0).collect();
-            let released: Vec<i64> = deltas.values().map(|d| d.1).collect();
-            sqlx::query(
-                "UPDATE wallet.accounts a SET balance = a.balance + d.balance, \
-                 pending_debits = a.pending_debits - d.released, updated_at = now() \
-                 FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS d(id, balance, released) WHERE a.id = d.id",
-            )
-            .bind(&accounts)
-            .bind(&balance)
-            .bind(&released)
-            .execute(&mut *tx)
-            .await?;
-            let mut entry_transfer = Vec::with_capacity(moving.len() * 2);
-            let mut entry_account = Vec::with_capacity(moving.len() * 2);
-            let mut entry_amount = Vec::with_capacity(moving.len() * 2);
-            for (id, debit, credit, amount) in &moving {
-                entry_transfer.extend([*id, *id]);
-                entry_account.extend([*debit, *credit]);
-                entry_amount.extend([-amount, *amount]);
-            }
-            sqlx::query(
-                "INSERT INTO wallet.ledger_entries (transfer_id, account_id, amount) \
-                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[])",
-            )
-            .bind(&entry_transfer)
-            .bind(&entry_account)
-            .bind(&entry_amount)
-            .execute(&mut *tx)
-            .await?;
-        }
+        // wallet.post_batch (migrations/0004_post_batch_function.sql): one round trip, one commit.
         let states: Vec<(Uuid, TransferState)> =
-            sqlx::query_as("SELECT id, state FROM wallet.transfers WHERE id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await?;
-        tx.commit().await?;
+            sqlx::query_as("SELECT o_id, o_state FROM wallet.post_batch($1)").bind(&ids).fetch_all(pool).await?;
         let mut out = Vec::with_capacity(ids.len());
         for id in &ids {
             let outcome = match states.iter().find(|s| s.0 == *id).map(|s| s.1) {
@@ -519,7 +467,14 @@ mod tests {
         let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.expect("connect");
         crate::migrate(&pool).await.expect("migrate");
         let ids = vec![Uuid::now_v7(), Uuid::now_v7()];
-        let sqls = [LOCK_PENDING, VOID_PENDING].map(|sql| format!("EXPLAIN {sql}"));
+        let body: String = sqlx::query_scalar(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'post_batch' AND pronamespace = 'wallet'::regnamespace",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("wallet.post_batch exists");
+        assert!(body.contains(LOCK_PENDING), "wallet.post_batch no longer locks with LOCK_PENDING:\n{body}");
+        let sqls = [LOCK_PENDING.replace("p_ids", "$1"), VOID_PENDING.to_string()].map(|sql| format!("EXPLAIN {sql}"));
         let plans = [
             ("post: lock", sqlx::query_scalar(&sqls[0]).bind(&ids)),
             ("void", sqlx::query_scalar(&sqls[1]).bind(ids[0])),

@@ -23,7 +23,7 @@ pub struct AppState {
 
 impl AppState {
     pub async fn new(cfg: &Config) -> anyhow::Result<Self> {
-        let pool = payflow_common::db::connect(&cfg.db).await?;
+        let pool = payflow_common::db::connect(&cfg.db, "wallet").await?;
         let verifier = cfg.jwt.verifier();
         Self::with_parts(cfg, pool, verifier)
     }

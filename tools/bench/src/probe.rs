@@ -246,8 +246,12 @@ pub async fn sample(
             return s;
         }
         let sessions: Result<Vec<(String, i64)>, _> = sqlx::query_as(
+            // Sessions idle inside a transaction are named by component (application_name):
+            // which one holds its transaction open across a round trip.
             "SELECT CASE WHEN state = 'active' \
-                    THEN coalesce(wait_event_type || ':' || wait_event, 'CPU') ELSE state END, count(*) \
+                    THEN coalesce(wait_event_type || ':' || wait_event, 'CPU') \
+                    WHEN application_name LIKE 'payflow-%' \
+                    THEN state || ' (' || substr(application_name, 9) || ')' ELSE state END, count(*) \
              FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
                AND datname = current_database() AND state IS DISTINCT FROM 'idle' GROUP BY 1",
         )

@@ -112,7 +112,8 @@ impl Harness {
             .await
             .expect("connect to the test database");
         payflow_notification::migrate(&pool).await.expect("notify migrations");
-        let service_pool = payflow_common::db::connect(&cfg.db).await.expect("connect to the test database");
+        let service_pool =
+            payflow_common::db::connect(&cfg.db, "notification").await.expect("connect to the test database");
         let signer = JwtSigner::generate().expect("key");
         let state = AppState::with_parts(&cfg, service_pool, signer.verifier(&JwtClaimArgs::default())).expect("state");
 
