@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run PayFlow locally: build it, start the `run` stack (scripts/stack.sh),
-# migrate, start `payflow dev`, wait until the gateway is ready and create
+# migrate, start `payflow dev`, wait until every component is ready (/readyz) and create
 # two demo users.
 #
 # Usage:
@@ -11,7 +11,7 @@
 #   scripts/run.sh stop       stop a detached run: payflow and the run stack
 #   scripts/run.sh --help     this text
 #
-# Environment: PAYFLOW_GATEWAY_PORT (default 3000) and the other PAYFLOW_*
+# Environment: PAYFLOW_GATEWAY_PORT (default 3000), the other PAYFLOW_*_PORT and PAYFLOW_*
 # settings are passed through to payflow; PAYFLOW_READY_TIMEOUT (default 120) bounds the wait for /readyz.
 #
 # Logs: .payflow/run/payflow.log (payflow), .payflow/run/*/ (servers).
