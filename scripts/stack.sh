@@ -15,6 +15,8 @@
 #   PAYFLOW_STACK_RABBITMQ=0  do not run RabbitMQ (default 1: the services need it)
 #   PAYFLOW_PG_FAST=1         Postgres with fsync=off, synchronous_commit=off
 #                             (throwaway data only; scripts/test.sh sets it)
+#   PAYFLOW_PG_SETTINGS       extra postgresql.conf lines (experiments, e.g.
+#                             shared_preload_libraries = 'pg_stat_statements')
 #   PAYFLOW_PG_BIN            Postgres server binaries (/usr/lib/postgresql/15/bin)
 #   PAYFLOW_STACK_TIMEOUT     seconds to wait for each server (default 60;
 #                             RabbitMQ gets twice that)
@@ -159,6 +161,7 @@ log_timezone = 'UTC'
 log_line_prefix = '%m [%p] %q%u@%d '
 log_min_duration_statement = 1000
 $fast_settings
+${PAYFLOW_PG_SETTINGS:-}
 EOF
     chown "$(stat -c %u:%g "$PGDATA_DIR")" "$PGDATA_DIR/payflow.conf"
     chmod 600 "$PGDATA_DIR/payflow.conf"

@@ -1,6 +1,10 @@
+use std::time::Duration;
+
 use clap::Args;
 use payflow_common::config::{DbArgs, JwtVerifyArgs, ListenArgs};
 use payflow_messaging::AmqpArgs;
+
+use crate::channels::retry::RetryPolicy;
 
 /// Settings of the notification service.
 #[derive(Clone, Args)]
@@ -44,6 +48,22 @@ pub struct Config {
     /// Sender address of notification e-mails.
     #[arg(long = "smtp-from", env = "PAYFLOW_SMTP_FROM", default_value = "payflow@localhost")]
     pub smtp_from: String,
+    /// Attempts per notification and channel (webhook, e-mail) before giving up; 1: no retries.
+    #[arg(
+        long = "notification-delivery-attempts",
+        env = "PAYFLOW_NOTIFICATION_DELIVERY_ATTEMPTS",
+        default_value_t = 12,
+        value_parser = clap::value_parser!(u32).range(1..=100)
+    )]
+    pub delivery_attempts: u32,
+    /// Wait after a failed delivery before the next attempt, in milliseconds; it doubles with every further failure, up to an hour.
+    #[arg(
+        long = "notification-retry-delay-ms",
+        env = "PAYFLOW_NOTIFICATION_RETRY_DELAY_MS",
+        default_value_t = 5000,
+        value_parser = clap::value_parser!(u64).range(10..=3_600_000)
+    )]
+    pub retry_delay_ms: u64,
 }
 
 impl Config {
@@ -55,6 +75,10 @@ impl Config {
 
     pub fn smtp_url(&self) -> Option<&str> {
         non_empty(&self.smtp_url)
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy { attempts: self.delivery_attempts, first_delay: Duration::from_millis(self.retry_delay_ms) }
     }
 }
 
@@ -77,6 +101,8 @@ impl std::fmt::Debug for Config {
             .field("webhook_timeout_ms", &self.webhook_timeout_ms)
             .field("smtp_url", &self.smtp_url().map(|_| "***"))
             .field("smtp_from", &self.smtp_from)
+            .field("delivery_attempts", &self.delivery_attempts)
+            .field("retry_delay_ms", &self.retry_delay_ms)
             .finish()
     }
 }

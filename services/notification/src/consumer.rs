@@ -254,7 +254,7 @@ async fn handle_batch(state: &AppState, batch: Vec<Delivery>, tasks: &mut JoinSe
             }
             acks.push(p.delivery);
         }
-        state.channels.deliver_all(&state.pool, &state.counters, &deliveries).await;
+        crate::channels::deliver_new(&state, &deliveries).await;
         for d in &acks {
             ack(d).await;
         }
@@ -267,12 +267,17 @@ async fn handle_batch(state: &AppState, batch: Vec<Delivery>, tasks: &mut JoinSe
 async fn store_events(state: &AppState, events: &[Parsed], cancel: &CancellationToken) -> sqlx::Result<Vec<Recorded>> {
     let batch: Vec<EventToStore> = events
         .iter()
-        .map(|p| EventToStore { message_id: p.message_id, kind: p.kind.as_str(), notifications: &p.notifications })
+        .map(|p| EventToStore {
+            message_id: p.message_id,
+            kind: p.kind.as_str(),
+            correlation_id: &p.correlation_id,
+            notifications: &p.notifications,
+        })
         .collect();
     let started = Instant::now();
     let mut delay = Duration::from_millis(200);
     loop {
-        match store::record_events(&state.pool, &batch).await {
+        match store::record_events(&state.pool, &batch, &state.queue()).await {
             Ok(r) => return Ok(r),
             Err(e) if is_transient(&e) && started.elapsed() + delay < TRANSIENT_RETRY_BUDGET => {
                 tracing::warn!(

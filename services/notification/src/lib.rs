@@ -49,6 +49,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
         r
     };
     tokio::spawn(housekeeping(state.pool.clone(), cancel.clone()));
+    tokio::spawn(channels::retry::run(state.clone(), cancel.clone()));
     let (http, events) = tokio::join!(http, events);
     http.and(events)
 }

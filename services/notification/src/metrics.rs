@@ -32,6 +32,8 @@ impl Outcome {
 pub struct Counters {
     /// `payflow_notification_deliveries_total{channel,result}`
     pub deliveries: IntCounterVec,
+    /// `payflow_notification_deliveries_given_up_total{channel}`
+    pub gave_up: IntCounterVec,
     /// `payflow_notifications_stored_total{type}`
     pub stored: IntCounterVec,
     /// `payflow_notification_messages_total{outcome}`
@@ -49,6 +51,13 @@ impl Counters {
                     "Notification delivery attempts by channel and result (ok, failed, skipped)",
                 ),
                 &["channel", "result"],
+            )?,
+            gave_up: IntCounterVec::new(
+                Opts::new(
+                    "payflow_notification_deliveries_given_up_total",
+                    "Notification deliveries given up after their last failed attempt, by channel",
+                ),
+                &["channel"],
             )?,
             stored: IntCounterVec::new(
                 Opts::new("payflow_notifications_stored_total", "Notifications stored, by type"),
@@ -70,6 +79,11 @@ impl Counters {
             )?,
         };
         metrics.register(Box::new(c.deliveries.clone()));
+        metrics.register(Box::new(c.gave_up.clone()));
+        // Zero series from the start, so the alert on them has something to compare with.
+        for channel in ["webhook", "smtp"] {
+            c.gave_up.with_label_values(&[channel]);
+        }
         metrics.register(Box::new(c.stored.clone()));
         metrics.register(Box::new(c.messages.clone()));
         metrics.register(Box::new(c.batch_size.clone()));

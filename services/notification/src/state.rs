@@ -3,9 +3,11 @@ use payflow_common::jwt::JwtVerifier;
 use payflow_common::metrics::Metrics;
 use sqlx::PgPool;
 
+use crate::channels::retry::RetryPolicy;
 use crate::channels::Channels;
 use crate::config::Config;
 use crate::metrics::Counters;
+use crate::store::Queue;
 
 /// Shared by the HTTP handlers and the consumer. Cheap to clone.
 #[derive(Clone)]
@@ -16,6 +18,10 @@ pub struct AppState {
     pub metrics: Metrics,
     pub counters: Counters,
     pub channels: Channels,
+    /// When failed deliveries are tried again.
+    pub retry: RetryPolicy,
+    /// The AMQP prefix: this PayFlow's share of the delivery queue.
+    pub prefix: std::sync::Arc<str>,
 }
 
 impl AppState {
@@ -33,7 +39,15 @@ impl AppState {
         let counters = Counters::register(&metrics)?;
         let channels = Channels::from_config(cfg, &pool)?;
         tracing::info!(channels = ?channels.names(), "notification channels");
-        Ok(Self { pool, verifier, metrics, counters, channels })
+        let (retry, prefix) = (cfg.retry_policy(), cfg.amqp.topology().prefix().into());
+        Ok(Self { pool, verifier, metrics, counters, channels, retry, prefix })
+    }
+}
+
+impl AppState {
+    /// The delivery queue of this PayFlow's queued channels.
+    pub fn queue(&self) -> Queue<'_> {
+        Queue { channels: self.channels.queued(), prefix: &self.prefix, lease: crate::channels::retry::LEASE }
     }
 }
 

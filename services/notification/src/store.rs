@@ -1,5 +1,8 @@
 //! Postgres access for the `notify` schema.
 
+use std::sync::LazyLock;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use payflow_common::ids::UserId;
 use serde_json::{json, Value};
@@ -71,54 +74,96 @@ pub enum Recorded {
     Duplicate,
 }
 
-/// One message to store: its id, its kind, its notifications, each with the
-/// id of the event it comes from (the message id, unless the message carries
-/// several events).
+/// One message to store: its id, its kind, its correlation id, its notifications, each with the
+/// id of the event it comes from (the message id, unless the message carries several events).
 pub struct EventToStore<'a> {
     pub message_id: Uuid,
     pub kind: &'a str,
+    pub correlation_id: &'a str,
     pub notifications: &'a [(Uuid, NewNotification)],
 }
+
+/// Where [`record_events`] queues deliveries, and [`claim_due`] takes them from.
+#[derive(Debug, Clone, Copy)]
+pub struct Queue<'a> {
+    /// The channels whose deliveries are queued.
+    pub channels: &'a [&'a str],
+    /// The AMQP prefix of this PayFlow: its processes take only its own rows.
+    pub prefix: &'a str,
+    /// How long a stored or claimed delivery belongs to the process that has it.
+    pub lease: Duration,
+}
+
+/// The statement of [`record_events`]: the guard rows, and the notifications of the events whose
+/// guard row is new. No conflict target on the notifications: either unique guard (per event,
+/// per transaction) turns a repeat into "nothing inserted". With `queued`, each stored
+/// notification also gets a `delivery_queue` row per channel in `$12` under the prefix `$14`,
+/// leased for `$13` seconds to the process that stores it (it attempts them at once).
+fn record_events_sql(queued: bool) -> String {
+    let queue = if queued {
+        ", q AS (INSERT INTO notify.delivery_queue \
+                     (notification_id, channel, prefix, next_attempt_at, correlation_id) \
+                 SELECT s.id, c.channel, $14, now() + make_interval(secs => $13), n.correlation_id \
+                 FROM stored s JOIN n ON n.id = s.id CROSS JOIN unnest($12::text[]) AS c(channel))"
+    } else {
+        ""
+    };
+    format!(
+        "WITH fresh AS (INSERT INTO notify.processed_messages (message_id, kind) \
+                        SELECT * FROM UNNEST($1::uuid[], $2::text[]) \
+                        ON CONFLICT (message_id) DO NOTHING RETURNING message_id), \
+              n AS (SELECT * FROM UNNEST($3::uuid[], $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::uuid[], \
+                                         $9::timestamptz[], $10::uuid[], $11::text[]) \
+                    AS n(id, event_id, user_id, type, message, transaction_id, occurred_at, message_id, correlation_id)), \
+              stored AS (INSERT INTO notify.notifications \
+                             (id, event_id, user_id, type, message, transaction_id, occurred_at) \
+                         SELECT n.id, n.event_id, n.user_id, n.type, n.message, n.transaction_id, n.occurred_at \
+                         FROM n WHERE n.message_id IN (SELECT message_id FROM fresh) \
+                         ON CONFLICT DO NOTHING RETURNING {COLUMNS}){queue} \
+         SELECT {COLUMNS} FROM stored"
+    )
+}
+
+static RECORD_EVENTS: LazyLock<String> = LazyLock::new(|| record_events_sql(false));
+static RECORD_EVENTS_QUEUED: LazyLock<String> = LazyLock::new(|| record_events_sql(true));
 
 /// Stores the notifications of several events in one statement (one round trip, one commit),
 /// each keyed by its message id: a message seen before stores nothing. The answers follow the
 /// order of `events`; a message id repeated within the batch counts once, the repeats are
-/// duplicates.
-pub async fn record_events(pool: &PgPool, events: &[EventToStore<'_>]) -> sqlx::Result<Vec<Recorded>> {
+/// duplicates. Each stored notification is queued, in the same commit, for every channel of
+/// `queue` (leased for `lease` to the caller, which delivers it now).
+pub async fn record_events(
+    pool: &PgPool,
+    events: &[EventToStore<'_>],
+    queue: &Queue<'_>,
+) -> sqlx::Result<Vec<Recorded>> {
     let mut seen = std::collections::HashSet::new();
     let first: Vec<bool> = events.iter().map(|e| seen.insert(e.message_id)).collect();
     let unique = || events.iter().zip(&first).filter(|(_, f)| **f).map(|(e, _)| e);
-    let notes = || unique().flat_map(|e| e.notifications.iter().map(move |(event, n)| (e.message_id, *event, n)));
-    // The guard rows, and the notifications of the events whose guard row is new. No conflict
-    // target on the notifications: either unique guard (per event, per transaction) turns a
-    // repeat into "nothing inserted".
-    let rows = sqlx::query(&format!(
-        "WITH fresh AS (INSERT INTO notify.processed_messages (message_id, kind) \
-                        SELECT * FROM UNNEST($1::uuid[], $2::text[]) \
-                        ON CONFLICT (message_id) DO NOTHING RETURNING message_id) \
-         INSERT INTO notify.notifications (id, event_id, user_id, type, message, transaction_id, occurred_at) \
-         SELECT n.id, n.event_id, n.user_id, n.type, n.message, n.transaction_id, n.occurred_at \
-         FROM UNNEST($3::uuid[], $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::uuid[], \
-                     $9::timestamptz[], $10::uuid[]) \
-              AS n(id, event_id, user_id, type, message, transaction_id, occurred_at, message_id) \
-         WHERE n.message_id IN (SELECT message_id FROM fresh) \
-         ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
-    ))
-    .bind(unique().map(|e| e.message_id).collect::<Vec<_>>())
-    .bind(unique().map(|e| e.kind).collect::<Vec<_>>())
-    .bind(notes().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
-    .bind(notes().map(|(_, event, _)| event).collect::<Vec<_>>())
-    .bind(notes().map(|(.., n)| n.user_id.0).collect::<Vec<_>>())
-    .bind(notes().map(|(.., n)| n.kind.as_str()).collect::<Vec<_>>())
-    .bind(notes().map(|(.., n)| n.message.as_str()).collect::<Vec<_>>())
-    .bind(notes().map(|(.., n)| n.transaction_id).collect::<Vec<_>>())
-    .bind(notes().map(|(.., n)| n.occurred_at).collect::<Vec<_>>())
-    .bind(notes().map(|(message, ..)| message).collect::<Vec<_>>())
+    let notes = || unique().flat_map(|e| e.notifications.iter().map(move |(event, n)| (e, *event, n)));
+    let sql: &str = if queue.channels.is_empty() { &RECORD_EVENTS } else { &RECORD_EVENTS_QUEUED };
+    let query = sqlx::query(sql)
+        .bind(unique().map(|e| e.message_id).collect::<Vec<_>>())
+        .bind(unique().map(|e| e.kind).collect::<Vec<_>>())
+        .bind(notes().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
+        .bind(notes().map(|(_, event, _)| event).collect::<Vec<_>>())
+        .bind(notes().map(|(.., n)| n.user_id.0).collect::<Vec<_>>())
+        .bind(notes().map(|(.., n)| n.kind.as_str()).collect::<Vec<_>>())
+        .bind(notes().map(|(.., n)| n.message.as_str()).collect::<Vec<_>>())
+        .bind(notes().map(|(.., n)| n.transaction_id).collect::<Vec<_>>())
+        .bind(notes().map(|(.., n)| n.occurred_at).collect::<Vec<_>>())
+        .bind(notes().map(|(e, ..)| e.message_id).collect::<Vec<_>>())
+        .bind(notes().map(|(e, ..)| e.correlation_id).collect::<Vec<_>>());
+    let rows = if queue.channels.is_empty() {
+        query
+    } else {
+        query.bind(queue.channels).bind(queue.lease.as_secs_f64()).bind(queue.prefix)
+    }
     .fetch_all(pool)
     .await?;
     // Stored rows name their event; the message each event came in says whose answer they are.
     let message_of: std::collections::HashMap<Uuid, Uuid> =
-        notes().map(|(message, event, _)| (event, message)).collect();
+        notes().map(|(e, event, _)| (event, e.message_id)).collect();
     let mut by_event: std::collections::HashMap<Uuid, Vec<Notification>> = std::collections::HashMap::new();
     for row in &rows {
         let n = from_row(row)?;
@@ -219,21 +264,100 @@ impl DeliveryResult {
 /// Longest error text kept per delivery attempt.
 const MAX_ERROR_CHARS: usize = 1000;
 
-/// Records delivery attempts (notification, channel, result), all in one statement.
-pub async fn record_deliveries(pool: &PgPool, attempts: &[(Uuid, &str, DeliveryResult)]) -> sqlx::Result<()> {
+/// One delivery attempt, to record.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    pub notification_id: Uuid,
+    pub channel: &'a str,
+    pub result: DeliveryResult,
+    /// For a channel with a `delivery_queue` row: attempts made, this one included.
+    pub attempts: Option<i32>,
+    /// After a failed attempt with a queue row: when to try again; `None` gives up.
+    pub retry_in: Option<Duration>,
+}
+
+/// Records delivery attempts in one statement: a row each in `deliveries`; for channels with a
+/// queue row, a success (or skip) deletes it and a failure schedules the next attempt or marks
+/// the row given up.
+pub async fn record_attempts(pool: &PgPool, attempts: &[Attempt<'_>]) -> sqlx::Result<()> {
+    const ATTEMPTS: &str = "a AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], \
+                                                   $5::int4[], $6::float8[]) \
+                               AS a(id, channel, result, error, attempts, retry_in))";
+    const RECORD: &str = "INSERT INTO notify.deliveries (notification_id, channel, result, error) \
+                          SELECT id, channel, result, error FROM a";
+    static PLAIN: LazyLock<String> = LazyLock::new(|| format!("WITH {ATTEMPTS} {RECORD}"));
+    static QUEUED: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH {ATTEMPTS}, d AS ({RECORD}), \
+                  done AS (DELETE FROM notify.delivery_queue q USING a \
+                           WHERE q.notification_id = a.id AND q.channel = a.channel \
+                             AND a.attempts IS NOT NULL AND a.result <> 'failed') \
+             UPDATE notify.delivery_queue q SET attempts = a.attempts, last_error = a.error, \
+                    next_attempt_at = CASE WHEN a.retry_in IS NULL THEN q.next_attempt_at \
+                                           ELSE now() + make_interval(secs => a.retry_in) END, \
+                    gave_up_at = CASE WHEN a.retry_in IS NULL THEN now() END \
+             FROM a WHERE q.notification_id = a.id AND q.channel = a.channel \
+                      AND a.attempts IS NOT NULL AND a.result = 'failed'"
+        )
+    });
     if attempts.is_empty() {
         return Ok(());
     }
+    // The common case (only the log channel) touches no queue row: the plain insert.
+    let sql: &str = if attempts.iter().all(|a| a.attempts.is_none()) { &PLAIN } else { &QUEUED };
     let error = |r: &DeliveryResult| r.error().map(|e| e.chars().take(MAX_ERROR_CHARS).collect::<String>());
-    sqlx::query(
-        "INSERT INTO notify.deliveries (notification_id, channel, result, error) \
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])",
-    )
-    .bind(attempts.iter().map(|a| a.0).collect::<Vec<_>>())
-    .bind(attempts.iter().map(|a| a.1).collect::<Vec<_>>())
-    .bind(attempts.iter().map(|a| a.2.label()).collect::<Vec<_>>())
-    .bind(attempts.iter().map(|a| error(&a.2)).collect::<Vec<_>>())
-    .execute(pool)
-    .await?;
+    sqlx::query(sql)
+        .bind(attempts.iter().map(|a| a.notification_id).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.channel).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.result.label()).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| error(&a.result)).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.attempts).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.retry_in.map(|d| d.as_secs_f64())).collect::<Vec<_>>())
+        .execute(pool)
+        .await?;
     Ok(())
+}
+
+/// A queued delivery taken for another attempt.
+#[derive(Debug)]
+pub struct Due {
+    pub notification: Notification,
+    pub channel: String,
+    /// Attempts made before this one.
+    pub attempts: i32,
+    pub correlation_id: String,
+}
+
+/// Takes at most `limit` due deliveries of `queue`, oldest due first, leasing each (another
+/// process takes it only after the lease). Concurrent callers get different rows.
+pub async fn claim_due(pool: &PgPool, queue: &Queue<'_>, limit: i64) -> sqlx::Result<Vec<Due>> {
+    static CLAIM: LazyLock<String> = LazyLock::new(|| {
+        let columns = COLUMNS.split(", ").map(|c| format!("n.{c}")).collect::<Vec<_>>().join(", ");
+        format!(
+            "UPDATE notify.delivery_queue q SET next_attempt_at = now() + make_interval(secs => $3) \
+             FROM notify.notifications n \
+             WHERE n.id = q.notification_id AND (q.notification_id, q.channel) IN \
+                   (SELECT notification_id, channel FROM notify.delivery_queue \
+                    WHERE gave_up_at IS NULL AND next_attempt_at <= now() AND channel = ANY($1) AND prefix = $4 \
+                    ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             RETURNING {columns}, q.channel, q.attempts, q.correlation_id"
+        )
+    });
+    let rows = sqlx::query(&CLAIM)
+        .bind(queue.channels)
+        .bind(limit)
+        .bind(queue.lease.as_secs_f64())
+        .bind(queue.prefix)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Due {
+                notification: from_row(row)?,
+                channel: row.try_get("channel")?,
+                attempts: row.try_get("attempts")?,
+                correlation_id: row.try_get("correlation_id")?,
+            })
+        })
+        .collect()
 }

@@ -14,6 +14,11 @@ impl DeliveryChannel for LogChannel {
         "log"
     }
 
+    /// A log line cannot fail in a way a retry would fix.
+    fn queued(&self) -> bool {
+        false
+    }
+
     /// One structured line (JSON through the service's log subscriber).
     async fn deliver(&self, n: &Notification, correlation_id: &str) -> anyhow::Result<Sent> {
         tracing::info!(

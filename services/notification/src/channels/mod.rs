@@ -3,10 +3,15 @@
 //! and records each attempt in `notify.deliveries`.
 //!
 //! A failed delivery never blocks the ack: the notification is stored and
-//! readable through the API either way. Redelivering failed webhooks and
-//! e-mails (from the `deliveries` table, with backoff) is future work.
+//! readable through the API either way. Deliveries through the channels that
+//! can fail (webhook, e-mail) are queued in `notify.delivery_queue` in the
+//! same commit as the notification: a failed one is tried again with backoff
+//! ([`retry`]), and one whose process died before the attempt is taken up
+//! when its lease runs out. Delivery is therefore at least once: receivers
+//! deduplicate by the notification's `id`.
 
 pub mod log;
+pub mod retry;
 pub mod smtp;
 pub mod webhook;
 
@@ -18,12 +23,12 @@ use sqlx::PgPool;
 use tracing::{Instrument, Span};
 
 use crate::config::Config;
-use crate::metrics::Counters;
-use crate::store::{self, DeliveryResult, Notification};
+use crate::state::AppState;
+use crate::store::{self, Attempt, DeliveryResult, Notification};
 
 /// Upper bound for one delivery, whatever a channel's own timeouts say, so a
 /// hung channel cannot hold a message unacked forever.
-const DELIVERY_DEADLINE: Duration = Duration::from_secs(30);
+pub const DELIVERY_DEADLINE: Duration = Duration::from_secs(30);
 
 /// What a channel reports for a delivery that did not fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,12 +42,20 @@ pub enum Sent {
 pub trait DeliveryChannel: Send + Sync {
     /// The `channel` label in metrics and the deliveries table.
     fn name(&self) -> &'static str;
+    /// Whether its deliveries are queued: kept until they succeed, retried
+    /// with backoff, resumed after a crash. Everything but the log.
+    fn queued(&self) -> bool {
+        true
+    }
     async fn deliver(&self, n: &Notification, correlation_id: &str) -> anyhow::Result<Sent>;
 }
 
 /// The configured channels.
 #[derive(Clone)]
-pub struct Channels(Arc<Vec<Arc<dyn DeliveryChannel>>>);
+pub struct Channels {
+    list: Arc<Vec<Arc<dyn DeliveryChannel>>>,
+    queued: Arc<Vec<&'static str>>,
+}
 
 impl Channels {
     /// The log channel always; webhook and SMTP when their URL is set.
@@ -67,50 +80,108 @@ impl Channels {
     }
 
     pub fn new(list: Vec<Arc<dyn DeliveryChannel>>) -> Self {
-        Self(Arc::new(list))
+        let queued = list.iter().filter(|c| c.queued()).map(|c| c.name()).collect();
+        Self { list: Arc::new(list), queued: Arc::new(queued) }
     }
 
     pub fn names(&self) -> Vec<&'static str> {
-        self.0.iter().map(|c| c.name()).collect()
+        self.list.iter().map(|c| c.name()).collect()
     }
 
-    /// Delivers every notification through every channel, concurrently, and
-    /// records all attempts in one statement. Each notification comes with
-    /// its event's correlation id and log span. Errors here are logged, never
-    /// returned: the notifications are already stored.
-    pub async fn deliver_all(
-        &self,
-        pool: &PgPool,
-        counters: &Counters,
-        notifications: &[(Notification, String, Span)],
-    ) {
-        let attempts = notifications.iter().flat_map(|(n, correlation_id, span)| {
-            self.0.iter().map(move |ch| {
-                async move {
-                    let result = match tokio::time::timeout(DELIVERY_DEADLINE, ch.deliver(n, correlation_id)).await {
-                        Ok(Ok(Sent::Delivered)) => DeliveryResult::Ok,
-                        Ok(Ok(Sent::Skipped(why))) => DeliveryResult::Skipped(why),
-                        Ok(Err(e)) => DeliveryResult::Failed(format!("{e:#}")),
-                        Err(_) => DeliveryResult::Failed("timed out".into()),
-                    };
-                    if let DeliveryResult::Failed(error) = &result {
-                        tracing::warn!(
-                            channel = ch.name(),
-                            notification_id = %n.id,
-                            %error,
-                            "notification delivery failed"
-                        );
-                    }
-                    counters.deliveries.with_label_values(&[ch.name(), result.label()]).inc();
-                    (n.id, ch.name(), result)
-                }
-                .instrument(span.clone())
+    /// The channels whose deliveries are queued (see [`DeliveryChannel::queued`]).
+    pub fn queued(&self) -> &[&'static str] {
+        &self.queued
+    }
+
+    fn get(&self, name: &str) -> Option<&dyn DeliveryChannel> {
+        self.list.iter().find(|c| c.name() == name).map(|c| c.as_ref())
+    }
+}
+
+/// One delivery to attempt.
+struct Job<'a> {
+    notification: &'a Notification,
+    channel: &'a dyn DeliveryChannel,
+    correlation_id: &'a str,
+    span: Span,
+    /// Attempts made before this one.
+    made: i32,
+}
+
+/// First attempts: every newly stored notification through every channel,
+/// each with its event's correlation id and log span.
+pub async fn deliver_new(state: &AppState, notifications: &[(Notification, String, Span)]) {
+    let jobs = notifications
+        .iter()
+        .flat_map(|(n, correlation_id, span)| {
+            state.channels.list.iter().map(move |ch| Job {
+                notification: n,
+                channel: ch.as_ref(),
+                correlation_id,
+                span: span.clone(),
+                made: 0,
             })
-        });
-        let results = futures::future::join_all(attempts).await;
-        // One statement for every attempt of the batch, not one commit each.
-        if let Err(e) = store::record_deliveries(pool, &results).await {
-            tracing::warn!(error = %e, attempts = results.len(), "could not record delivery attempts");
+        })
+        .collect();
+    attempt(state, jobs).await;
+}
+
+/// Runs the attempts concurrently and records them all in one statement,
+/// with what comes next for the queued ones. Errors here are logged, never
+/// returned: the notifications are stored either way, and a queued delivery
+/// whose outcome went unrecorded is attempted again when its lease ends.
+async fn attempt(state: &AppState, jobs: Vec<Job<'_>>) {
+    let attempts = jobs.into_iter().map(|job| {
+        let span = job.span.clone();
+        async move {
+            let (n, ch) = (job.notification, job.channel);
+            let result = match tokio::time::timeout(DELIVERY_DEADLINE, ch.deliver(n, job.correlation_id)).await {
+                Ok(Ok(Sent::Delivered)) => DeliveryResult::Ok,
+                Ok(Ok(Sent::Skipped(why))) => DeliveryResult::Skipped(why),
+                Ok(Err(e)) => DeliveryResult::Failed(format!("{e:#}")),
+                Err(_) => DeliveryResult::Failed("timed out".into()),
+            };
+            let made = job.made + 1;
+            let retry_in = match &result {
+                DeliveryResult::Failed(_) if ch.queued() => state.retry.next(made, n.id),
+                _ => None,
+            };
+            if let DeliveryResult::Failed(error) = &result {
+                let retry_in_ms = retry_in.map(|d| d.as_millis() as u64);
+                if ch.queued() && retry_in.is_none() {
+                    state.counters.gave_up.with_label_values(&[ch.name()]).inc();
+                    tracing::error!(
+                        channel = ch.name(),
+                        notification_id = %n.id,
+                        attempts = made,
+                        %error,
+                        "notification delivery failed; giving up"
+                    );
+                } else {
+                    tracing::warn!(
+                        channel = ch.name(),
+                        notification_id = %n.id,
+                        attempts = made,
+                        retry_in_ms,
+                        %error,
+                        "notification delivery failed"
+                    );
+                }
+            }
+            state.counters.deliveries.with_label_values(&[ch.name(), result.label()]).inc();
+            Attempt {
+                notification_id: n.id,
+                channel: ch.name(),
+                result,
+                attempts: ch.queued().then_some(made),
+                retry_in,
+            }
         }
+        .instrument(span)
+    });
+    let results = futures::future::join_all(attempts).await;
+    // One statement for every attempt of the batch, not one commit each.
+    if let Err(e) = store::record_attempts(&state.pool, &results).await {
+        tracing::warn!(error = %e, attempts = results.len(), "could not record delivery attempts");
     }
 }

@@ -338,7 +338,7 @@ async fn database_errors_return_the_message_until_the_delivery_limit() {
 #[tokio::test]
 async fn one_batch_stores_each_event_once_even_when_it_repeats_an_id() {
     use payflow_notification::events::{NewNotification, NotificationType};
-    use payflow_notification::store::{record_events, EventToStore, Recorded};
+    use payflow_notification::store::{record_events, EventToStore, Queue, Recorded};
     let h = Harness::start().await;
     // A message of one event: its notifications are stored under the message id.
     let note = |event: Uuid, user: UserId, kind| {
@@ -358,18 +358,16 @@ async fn one_batch_stores_each_event_once_even_when_it_repeats_an_id() {
         [note(eb, b, NotificationType::TransactionReceived)],
         [note(ec, c, NotificationType::TransactionReceived)],
     );
+    let event =
+        |message_id, notifications| EventToStore { message_id, kind: COMPLETED, correlation_id: "c", notifications };
+    // A channel no process has, so no retry loop takes these queue rows.
+    let lease = std::time::Duration::from_secs(60);
+    let queue = Queue { channels: &["test-only-channel"], prefix: "test-only-prefix", lease };
     // `ec` was processed before; `ea` comes twice in the batch.
-    let before = record_events(&h.pool, &[EventToStore { message_id: ec, kind: COMPLETED, notifications: &nc }])
-        .await
-        .expect("store");
+    let before = record_events(&h.pool, &[event(ec, &nc)], &Queue { channels: &[], ..queue }).await.expect("store");
     assert!(matches!(before[..], [Recorded::Stored(ref s)] if s.len() == 1));
-    let batch = [
-        EventToStore { message_id: ea, kind: COMPLETED, notifications: &na },
-        EventToStore { message_id: eb, kind: COMPLETED, notifications: &nb },
-        EventToStore { message_id: ea, kind: COMPLETED, notifications: &na },
-        EventToStore { message_id: ec, kind: COMPLETED, notifications: &nc },
-    ];
-    let recorded = record_events(&h.pool, &batch).await.expect("store");
+    let batch = [event(ea, &na), event(eb, &nb), event(ea, &na), event(ec, &nc)];
+    let recorded = record_events(&h.pool, &batch, &queue).await.expect("store");
     let stored: Vec<Option<Vec<UserId>>> = recorded
         .iter()
         .map(|r| match r {
@@ -381,6 +379,20 @@ async fn one_batch_stores_each_event_once_even_when_it_repeats_an_id() {
     for user in [a, b, c] {
         assert_eq!(h.notifications_of(user).await.len(), 1, "{user}");
     }
+    // Queued in the same statement: one row per stored notification of that batch, leased.
+    let queue: Vec<(UserId, String, i32, bool)> = sqlx::query_as(
+        "SELECT n.user_id, q.channel, q.attempts, q.next_attempt_at > now() + interval '50 seconds' \
+         FROM notify.delivery_queue q JOIN notify.notifications n ON n.id = q.notification_id \
+         WHERE n.user_id = ANY($1) ORDER BY n.user_id",
+    )
+    .bind(vec![a, b, c])
+    .fetch_all(&h.pool)
+    .await
+    .expect("queue");
+    let mut expected =
+        vec![(a, "test-only-channel".to_string(), 0, true), (b, "test-only-channel".to_string(), 0, true)];
+    expected.sort();
+    assert_eq!(queue, expected);
 }
 
 #[tokio::test]

@@ -129,6 +129,7 @@ impl Harness {
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let router = payflow_notification::router(state.clone());
         tokio::spawn(payflow_common::server::serve(listener, router, cancel.clone()));
+        tokio::spawn(payflow_notification::channels::retry::run(state.clone(), cancel.clone()));
         let consumer = {
             let (state, cfg, cancel) = (state.clone(), cfg.clone(), cancel.clone());
             tokio::spawn(async move { payflow_notification::consume(state, &cfg, cancel).await })

@@ -108,10 +108,64 @@ async fn notifications_are_posted_signed() {
     h.stop().await;
 }
 
+/// A receiver that fails the first `failures` calls for each notification
+/// with 500, then answers 204; it reports every call's notification id.
+async fn flaky_receiver(failures: usize) -> (String, mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, usize>::new()));
+    let app = Router::new().route(
+        "/hook",
+        post(move |body: Bytes| {
+            let (tx, seen) = (tx.clone(), seen.clone());
+            async move {
+                let id = serde_json::from_slice::<Value>(&body).unwrap()["id"].as_str().unwrap().to_string();
+                let calls = {
+                    let mut seen = seen.lock().unwrap();
+                    let n = seen.entry(id.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                let _ = tx.send(id);
+                if calls <= failures {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+/// `(attempts, gave up)` of `user`'s queued webhook delivery; `None` once it is done.
+async fn queued_webhook(h: &Harness, user: UserId) -> Option<(i32, bool)> {
+    sqlx::query_as(
+        "SELECT q.attempts, q.gave_up_at IS NOT NULL FROM notify.delivery_queue q \
+         JOIN notify.notifications n ON n.id = q.notification_id \
+         WHERE n.user_id = $1 AND q.channel = 'webhook'",
+    )
+    .bind(user)
+    .fetch_optional(&h.pool)
+    .await
+    .expect("queue")
+}
+
+fn webhook_flags(url: String, attempts: u32) -> [(&'static str, String); 4] {
+    [
+        ("webhook-url", url),
+        ("webhook-secret", SECRET.to_string()),
+        ("notification-delivery-attempts", attempts.to_string()),
+        ("notification-retry-delay-ms", "20".to_string()),
+    ]
+}
+
 #[tokio::test]
-async fn a_failing_webhook_is_recorded_and_does_not_block_the_ack() {
-    let (url, mut rx) = receiver(StatusCode::INTERNAL_SERVER_ERROR).await;
-    let h = Harness::start_with(&[("webhook-url", url), ("webhook-secret", SECRET.to_string())]).await;
+async fn a_failing_webhook_is_tried_again_until_it_succeeds_without_blocking_the_ack() {
+    let (url, mut calls) = flaky_receiver(2).await;
+    let h = Harness::start_with(&webhook_flags(url, 5)).await;
     let (alice, bob) = (UserId::new(), UserId::new());
     h.publish(
         Uuid::new_v4(),
@@ -120,17 +174,75 @@ async fn a_failing_webhook_is_recorded_and_does_not_block_the_ack() {
     )
     .await;
     h.wait_for_outcome(Outcome::Stored, 1).await;
-    assert!(rx.recv().await.is_some(), "the receiver was called");
-
-    let deliveries = h.deliveries_of(alice).await;
-    assert_eq!(deliveries.len(), 2, "{deliveries:?}");
-    assert_eq!(deliveries[1].0, "webhook");
-    assert_eq!(deliveries[1].1, "failed");
-    assert!(deliveries[1].2.as_deref().unwrap_or("").contains("500"), "{deliveries:?}");
-    assert_eq!(h.state.counters.deliveries.with_label_values(&["webhook", "failed"]).get(), 1);
-    // Stored and readable all the same; `stop` checks the message was acked.
+    assert!(calls.recv().await.is_some(), "the receiver was called");
+    // Stored and readable at once, whatever the webhook does.
     assert_eq!(h.notifications_of(alice).await.len(), 1);
+
+    eventually("the third attempt delivered", || async {
+        (h.deliveries_of(alice).await.len() == 4 && queued_webhook(&h, alice).await.is_none()).then_some(())
+    })
+    .await;
+    let deliveries = h.deliveries_of(alice).await;
+    let results: Vec<(&str, &str)> = deliveries.iter().map(|d| (d.0.as_str(), d.1.as_str())).collect();
+    assert_eq!(results, vec![("log", "ok"), ("webhook", "failed"), ("webhook", "failed"), ("webhook", "ok")]);
+    assert!(deliveries[1].2.as_deref().unwrap_or("").contains("500"), "{deliveries:?}");
+    assert_eq!(h.state.counters.deliveries.with_label_values(&["webhook", "failed"]).get(), 2);
+    assert_eq!(h.state.counters.deliveries.with_label_values(&["webhook", "ok"]).get(), 1);
+    assert_eq!(h.state.counters.gave_up.with_label_values(&["webhook"]).get(), 0);
     assert_eq!(h.state.counters.messages_with(Outcome::Error), 0);
+    // `stop` checks the message was acked.
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_that_keeps_failing_is_given_up_after_the_last_attempt() {
+    let (url, mut calls) = flaky_receiver(usize::MAX).await;
+    let h = Harness::start_with(&webhook_flags(url, 3)).await;
+    let (alice, bob) = (UserId::new(), UserId::new());
+    h.publish(Uuid::new_v4(), "transaction.completed", &event(Uuid::new_v4(), alice, bob, "1.00", "COMPLETED", None))
+        .await;
+    for user in [alice, bob] {
+        eventually("given up", || async { (queued_webhook(&h, user).await == Some((3, true))).then_some(()) }).await;
+        let results: Vec<String> =
+            h.deliveries_of(user).await.into_iter().map(|d| format!("{}:{}", d.0, d.1)).collect();
+        assert_eq!(results, vec!["log:ok", "webhook:failed", "webhook:failed", "webhook:failed"]);
+    }
+    assert_eq!(h.state.counters.gave_up.with_label_values(&["webhook"]).get(), 2);
+    let mut n = 0;
+    while calls.try_recv().is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, 6, "three calls per notification, none after giving up");
+    assert_eq!(h.notifications_of(alice).await.len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_delivery_left_by_a_dead_process_is_made_when_its_lease_ends() {
+    let (url, mut calls) = flaky_receiver(0).await;
+    let h = Harness::start_with(&webhook_flags(url, 3)).await;
+    // What a process leaves when it dies after storing a notification and before
+    // delivering it: the notification and its queue row, whose lease has run out.
+    let (user, id) = (UserId::new(), Uuid::now_v7());
+    sqlx::query(
+        "WITH n AS (INSERT INTO notify.notifications (id, event_id, user_id, type, message) \
+                    VALUES ($1, $2, $3, 'WELCOME', 'Welcome to PayFlow') RETURNING id) \
+         INSERT INTO notify.delivery_queue (notification_id, channel, prefix, next_attempt_at, correlation_id) \
+         SELECT id, 'webhook', $4, now() - interval '1 second', 'corr-dead' FROM n",
+    )
+    .bind(id)
+    .bind(Uuid::new_v4())
+    .bind(user)
+    .bind(h.topology.prefix())
+    .execute(&h.pool)
+    .await
+    .expect("insert");
+
+    let called = tokio::time::timeout(Duration::from_secs(20), calls.recv()).await.expect("a webhook call");
+    assert_eq!(called, Some(id.to_string()));
+    eventually("delivered", || async { queued_webhook(&h, user).await.is_none().then_some(()) }).await;
+    let results: Vec<String> = h.deliveries_of(user).await.into_iter().map(|d| format!("{}:{}", d.0, d.1)).collect();
+    assert_eq!(results, vec!["webhook:ok"]);
     h.stop().await;
 }
 
