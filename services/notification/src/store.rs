@@ -98,28 +98,30 @@ pub struct Queue<'a> {
 /// guard row is new. No conflict target on the notifications: either unique guard (per event,
 /// per transaction) turns a repeat into "nothing inserted". With `queued`, each stored
 /// notification also gets a `delivery_queue` row per channel in `$12` under the prefix `$14`,
-/// leased for `$13` seconds to the process that stores it (it attempts them at once).
+/// leased for `$13` seconds to the process that stores it (it attempts them at once), with its
+/// correlation id (`$11`); without, the statement is the plain insert of the common case.
 fn record_events_sql(queued: bool) -> String {
-    let queue = if queued {
-        ", q AS (INSERT INTO notify.delivery_queue \
-                     (notification_id, channel, prefix, next_attempt_at, correlation_id) \
-                 SELECT s.id, c.channel, $14, now() + make_interval(secs => $13), n.correlation_id \
-                 FROM stored s JOIN n ON n.id = s.id CROSS JOIN unnest($12::text[]) AS c(channel))"
-    } else {
-        ""
-    };
+    const GUARD: &str = "fresh AS (INSERT INTO notify.processed_messages (message_id, kind) \
+                         SELECT * FROM UNNEST($1::uuid[], $2::text[]) \
+                         ON CONFLICT (message_id) DO NOTHING RETURNING message_id)";
+    const INSERT: &str = "INSERT INTO notify.notifications \
+                              (id, event_id, user_id, type, message, transaction_id, occurred_at) \
+                          SELECT n.id, n.event_id, n.user_id, n.type, n.message, n.transaction_id, n.occurred_at";
+    const INPUT: &str = "UNNEST($3::uuid[], $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::uuid[], \
+                                $9::timestamptz[], $10::uuid[]";
+    const NAMES: &str = "n(id, event_id, user_id, type, message, transaction_id, occurred_at, message_id";
+    const NEW_ONLY: &str = "WHERE n.message_id IN (SELECT message_id FROM fresh) ON CONFLICT DO NOTHING";
+    if !queued {
+        return format!("WITH {GUARD} {INSERT} FROM {INPUT}) AS {NAMES}) {NEW_ONLY} RETURNING {COLUMNS}");
+    }
     format!(
-        "WITH fresh AS (INSERT INTO notify.processed_messages (message_id, kind) \
-                        SELECT * FROM UNNEST($1::uuid[], $2::text[]) \
-                        ON CONFLICT (message_id) DO NOTHING RETURNING message_id), \
-              n AS (SELECT * FROM UNNEST($3::uuid[], $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::uuid[], \
-                                         $9::timestamptz[], $10::uuid[], $11::text[]) \
-                    AS n(id, event_id, user_id, type, message, transaction_id, occurred_at, message_id, correlation_id)), \
-              stored AS (INSERT INTO notify.notifications \
-                             (id, event_id, user_id, type, message, transaction_id, occurred_at) \
-                         SELECT n.id, n.event_id, n.user_id, n.type, n.message, n.transaction_id, n.occurred_at \
-                         FROM n WHERE n.message_id IN (SELECT message_id FROM fresh) \
-                         ON CONFLICT DO NOTHING RETURNING {COLUMNS}){queue} \
+        "WITH {GUARD}, \
+              n AS (SELECT * FROM {INPUT}, $11::text[]) AS {NAMES}, correlation_id)), \
+              stored AS ({INSERT} FROM n {NEW_ONLY} RETURNING {COLUMNS}), \
+              q AS (INSERT INTO notify.delivery_queue \
+                        (notification_id, channel, prefix, next_attempt_at, correlation_id) \
+                    SELECT s.id, c.channel, $14, now() + make_interval(secs => $13), n.correlation_id \
+                    FROM stored s JOIN n ON n.id = s.id CROSS JOIN unnest($12::text[]) AS c(channel)) \
          SELECT {COLUMNS} FROM stored"
     )
 }
@@ -152,12 +154,15 @@ pub async fn record_events(
         .bind(notes().map(|(.., n)| n.message.as_str()).collect::<Vec<_>>())
         .bind(notes().map(|(.., n)| n.transaction_id).collect::<Vec<_>>())
         .bind(notes().map(|(.., n)| n.occurred_at).collect::<Vec<_>>())
-        .bind(notes().map(|(e, ..)| e.message_id).collect::<Vec<_>>())
-        .bind(notes().map(|(e, ..)| e.correlation_id).collect::<Vec<_>>());
+        .bind(notes().map(|(e, ..)| e.message_id).collect::<Vec<_>>());
     let rows = if queue.channels.is_empty() {
         query
     } else {
-        query.bind(queue.channels).bind(queue.lease.as_secs_f64()).bind(queue.prefix)
+        query
+            .bind(notes().map(|(e, ..)| e.correlation_id).collect::<Vec<_>>())
+            .bind(queue.channels)
+            .bind(queue.lease.as_secs_f64())
+            .bind(queue.prefix)
     }
     .fetch_all(pool)
     .await?;
@@ -280,41 +285,41 @@ pub struct Attempt<'a> {
 /// queue row, a success (or skip) deletes it and a failure schedules the next attempt or marks
 /// the row given up.
 pub async fn record_attempts(pool: &PgPool, attempts: &[Attempt<'_>]) -> sqlx::Result<()> {
-    const ATTEMPTS: &str = "a AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], \
-                                                   $5::int4[], $6::float8[]) \
-                               AS a(id, channel, result, error, attempts, retry_in))";
-    const RECORD: &str = "INSERT INTO notify.deliveries (notification_id, channel, result, error) \
-                          SELECT id, channel, result, error FROM a";
-    static PLAIN: LazyLock<String> = LazyLock::new(|| format!("WITH {ATTEMPTS} {RECORD}"));
-    static QUEUED: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "WITH {ATTEMPTS}, d AS ({RECORD}), \
-                  done AS (DELETE FROM notify.delivery_queue q USING a \
-                           WHERE q.notification_id = a.id AND q.channel = a.channel \
-                             AND a.attempts IS NOT NULL AND a.result <> 'failed') \
-             UPDATE notify.delivery_queue q SET attempts = a.attempts, last_error = a.error, \
-                    next_attempt_at = CASE WHEN a.retry_in IS NULL THEN q.next_attempt_at \
-                                           ELSE now() + make_interval(secs => a.retry_in) END, \
-                    gave_up_at = CASE WHEN a.retry_in IS NULL THEN now() END \
-             FROM a WHERE q.notification_id = a.id AND q.channel = a.channel \
-                      AND a.attempts IS NOT NULL AND a.result = 'failed'"
-        )
-    });
+    /// The common case (only the log channel): the attempts alone, no queue row touched.
+    const PLAIN: &str = "INSERT INTO notify.deliveries (notification_id, channel, result, error) \
+                         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[])";
+    const QUEUED: &str = "WITH a AS (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], \
+                                                          $5::int4[], $6::float8[]) \
+                                     AS a(id, channel, result, error, attempts, retry_in)), \
+              d AS (INSERT INTO notify.deliveries (notification_id, channel, result, error) \
+                    SELECT id, channel, result, error FROM a), \
+              done AS (DELETE FROM notify.delivery_queue q USING a \
+                       WHERE q.notification_id = a.id AND q.channel = a.channel \
+                         AND a.attempts IS NOT NULL AND a.result <> 'failed') \
+         UPDATE notify.delivery_queue q SET attempts = a.attempts, last_error = a.error, \
+                next_attempt_at = CASE WHEN a.retry_in IS NULL THEN q.next_attempt_at \
+                                       ELSE now() + make_interval(secs => a.retry_in) END, \
+                gave_up_at = CASE WHEN a.retry_in IS NULL THEN now() END \
+         FROM a WHERE q.notification_id = a.id AND q.channel = a.channel \
+                  AND a.attempts IS NOT NULL AND a.result = 'failed'";
     if attempts.is_empty() {
         return Ok(());
     }
-    // The common case (only the log channel) touches no queue row: the plain insert.
-    let sql: &str = if attempts.iter().all(|a| a.attempts.is_none()) { &PLAIN } else { &QUEUED };
+    let queued = attempts.iter().any(|a| a.attempts.is_some());
     let error = |r: &DeliveryResult| r.error().map(|e| e.chars().take(MAX_ERROR_CHARS).collect::<String>());
-    sqlx::query(sql)
+    let query = sqlx::query(if queued { QUEUED } else { PLAIN })
         .bind(attempts.iter().map(|a| a.notification_id).collect::<Vec<_>>())
         .bind(attempts.iter().map(|a| a.channel).collect::<Vec<_>>())
         .bind(attempts.iter().map(|a| a.result.label()).collect::<Vec<_>>())
-        .bind(attempts.iter().map(|a| error(&a.result)).collect::<Vec<_>>())
-        .bind(attempts.iter().map(|a| a.attempts).collect::<Vec<_>>())
-        .bind(attempts.iter().map(|a| a.retry_in.map(|d| d.as_secs_f64())).collect::<Vec<_>>())
-        .execute(pool)
-        .await?;
+        .bind(attempts.iter().map(|a| error(&a.result)).collect::<Vec<_>>());
+    let query = if queued {
+        query
+            .bind(attempts.iter().map(|a| a.attempts).collect::<Vec<_>>())
+            .bind(attempts.iter().map(|a| a.retry_in.map(|d| d.as_secs_f64())).collect::<Vec<_>>())
+    } else {
+        query
+    };
+    query.execute(pool).await?;
     Ok(())
 }
 

@@ -121,6 +121,22 @@ async fn relay_connected(
 
 type Row = (i64, Uuid, String, String, String, String, String, i64);
 
+/// Settings of the relay's transaction. A lost mark only means a republish, which every
+/// consumer absorbs, so the mark's commit need not wait for the disk. The claim must walk the
+/// index of unpublished rows in id order: the planner otherwise picks a bitmap scan (while the
+/// table is young) or a sequential one, and a bitmap scan never marks the entries of published
+/// rows dead, so every claim visited all of them until the next vacuum (1,755 index entries for
+/// 4 unpublished rows after seconds at 1,000 transfers/s; the claim took 1.02 ms a call at
+/// 1,000/s open loop, 0.11 ms with these settings).
+const CLAIM_SETTINGS: &str =
+    "SET LOCAL synchronous_commit = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off";
+
+/// This PayFlow's oldest unpublished rows, locked (other relays skip them).
+const CLAIM: &str = "SELECT id, message_id, exchange, routing_key, kind, correlation_id, body::text, \
+                     extract(epoch FROM created_at)::bigint FROM txn.outbox \
+                     WHERE published_at IS NULL AND exchange LIKE $2 \
+                     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED";
+
 /// `LIKE` pattern of this PayFlow's exchanges: a relay publishes only what its
 /// own services wrote, even if several share a database.
 fn own_exchanges(topology: &Topology) -> String {
@@ -135,15 +151,9 @@ async fn publish_batch(
     metrics: &RelayMetrics,
 ) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT id, message_id, exchange, routing_key, kind, correlation_id, body::text, \
-         extract(epoch FROM created_at)::bigint FROM txn.outbox WHERE published_at IS NULL AND exchange LIKE $2 \
-         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(BATCH)
-    .bind(own_exchanges(topology))
-    .fetch_all(&mut *tx)
-    .await?;
+    // (A plain string without arguments goes as a simple query: all settings in one round trip.)
+    sqlx::Executor::execute(&mut *tx, CLAIM_SETTINGS).await?;
+    let rows: Vec<Row> = sqlx::query_as(CLAIM).bind(BATCH).bind(own_exchanges(topology)).fetch_all(&mut *tx).await?;
     if rows.is_empty() {
         tx.commit().await?;
         metrics.lag_seconds.set(0.0);
@@ -168,8 +178,6 @@ async fn publish_batch(
     publisher.publish_all(&batch).await?;
     crate::fault::point("relay-after-publish");
     let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    // A lost mark only means a republish, which every consumer absorbs.
-    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
     sqlx::query("UPDATE txn.outbox SET published_at = now() WHERE id = ANY($1)").bind(&ids).execute(&mut *tx).await?;
     tx.commit().await?;
     metrics.published.inc_by(ids.len() as u64);
@@ -227,5 +235,29 @@ pub async fn housekeeping(pool: PgPool, metrics: RelayMetrics, cancel: Cancellat
             tracing::debug!(?outbox, ?keys, "retention pass");
         }
         n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_claim_walks_the_unpublished_index_in_order() {
+        let url = std::env::var("PAYFLOW_TEST_DATABASE_URL")
+            .expect("PAYFLOW_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh");
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.expect("connect");
+        crate::migrate(&pool).await.expect("migrate");
+        let mut tx = pool.begin().await.expect("begin");
+        sqlx::Executor::execute(&mut *tx, CLAIM_SETTINGS).await.expect("settings");
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {CLAIM}"))
+            .bind(BATCH)
+            .bind("test-relay-plan.%")
+            .fetch_all(&mut *tx)
+            .await
+            .expect("explain");
+        let plan = plan.join("\n");
+        assert!(plan.contains("Index Scan using outbox_unpublished"), "{plan}");
+        assert!(!plan.contains("Bitmap") && !plan.contains("Sort"), "{plan}");
     }
 }
