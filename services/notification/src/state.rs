@@ -42,9 +42,7 @@ impl AppState {
         let (retry, prefix) = (cfg.retry_policy(), cfg.amqp.topology().prefix().into());
         Ok(Self { pool, verifier, metrics, counters, channels, retry, prefix })
     }
-}
 
-impl AppState {
     /// The delivery queue of this PayFlow's queued channels.
     pub fn queue(&self) -> Queue<'_> {
         Queue { channels: self.channels.queued(), prefix: &self.prefix, lease: crate::channels::retry::LEASE }

@@ -135,9 +135,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_batch_is_rerun_one_by_one_and_fails_only_the_bad_request() {
-        let url = std::env::var("PAYFLOW_TEST_DATABASE_URL")
-            .expect("PAYFLOW_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh");
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&url).await.expect("connect");
+        let pool = crate::test_pool(2).await;
         let statements = std::sync::atomic::AtomicUsize::new(0);
         let run = |xs| {
             each_or_all(xs, |batch| {

@@ -25,6 +25,14 @@ pub const SCHEMA: &str = "txn";
 pub const SERVICE_NAME: &str = "transaction-service";
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// A pool on the test database (the unit tests that need Postgres).
+#[cfg(test)]
+pub(crate) async fn test_pool(max_connections: u32) -> PgPool {
+    let url = std::env::var("PAYFLOW_TEST_DATABASE_URL")
+        .expect("PAYFLOW_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh");
+    sqlx::postgres::PgPoolOptions::new().max_connections(max_connections).connect(&url).await.expect("connect")
+}
+
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     payflow_common::db::migrate_schema(pool, SCHEMA, &MIGRATOR).await
 }

@@ -244,9 +244,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_claim_walks_the_unpublished_index_in_order() {
-        let url = std::env::var("PAYFLOW_TEST_DATABASE_URL")
-            .expect("PAYFLOW_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh");
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.expect("connect");
+        let pool = crate::test_pool(1).await;
         crate::migrate(&pool).await.expect("migrate");
         let mut tx = pool.begin().await.expect("begin");
         sqlx::Executor::execute(&mut *tx, CLAIM_SETTINGS).await.expect("settings");

@@ -358,9 +358,7 @@ mod tests {
 
     #[tokio::test]
     async fn guarded_updates_by_id_use_the_primary_key_not_the_open_index() {
-        let url = std::env::var("PAYFLOW_TEST_DATABASE_URL")
-            .expect("PAYFLOW_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh");
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.expect("connect");
+        let pool = crate::test_pool(1).await;
         crate::migrate(&pool).await.expect("migrate");
         let ids = vec![Uuid::now_v7(), Uuid::now_v7()];
         let sqls = [crate::worker::MARK_PROCESSING, COMPLETE.as_str(), FAIL.as_str(), DELETE_PENDING]

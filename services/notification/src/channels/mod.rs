@@ -146,27 +146,18 @@ async fn attempt(state: &AppState, jobs: Vec<Job<'_>>) {
                 DeliveryResult::Failed(_) if ch.queued() => state.retry.next(made, n.id),
                 _ => None,
             };
-            if let DeliveryResult::Failed(error) = &result {
-                let retry_in_ms = retry_in.map(|d| d.as_millis() as u64);
-                if ch.queued() && retry_in.is_none() {
+            match &result {
+                DeliveryResult::Failed(error) if ch.queued() && retry_in.is_none() => {
                     state.counters.gave_up.with_label_values(&[ch.name()]).inc();
-                    tracing::error!(
-                        channel = ch.name(),
-                        notification_id = %n.id,
-                        attempts = made,
-                        %error,
-                        "notification delivery failed; giving up"
-                    );
-                } else {
-                    tracing::warn!(
-                        channel = ch.name(),
-                        notification_id = %n.id,
-                        attempts = made,
-                        retry_in_ms,
-                        %error,
-                        "notification delivery failed"
-                    );
+                    tracing::error!(channel = ch.name(), notification_id = %n.id, attempts = made, %error,
+                        "notification delivery failed; giving up");
                 }
+                DeliveryResult::Failed(error) => {
+                    let retry_in_ms = retry_in.map(|d| d.as_millis() as u64);
+                    tracing::warn!(channel = ch.name(), notification_id = %n.id, attempts = made, retry_in_ms, %error,
+                        "notification delivery failed");
+                }
+                _ => {}
             }
             state.counters.deliveries.with_label_values(&[ch.name(), result.label()]).inc();
             Attempt {
