@@ -3,11 +3,12 @@
 //!
 //! Messages are taken in batches (whatever has arrived while the previous batch
 //! was being stored): parse each once; store the notifications and message ids
-//! of the whole batch in one statement; then, per event and concurrently
-//! (a slow webhook must not stall the queue), deliver through the channels and
-//! ack. The order matters: the ack comes after the commit, so a crash anywhere
-//! before it means a redelivery, which the processed-messages table turns into
-//! a no-op.
+//! of the whole batch in one statement (with their queued deliveries); ack;
+//! then deliver in the background (`crate::channels`), so a slow webhook
+//! stalls neither the queue nor the storing. The order matters: the ack comes
+//! after the commit, so a crash anywhere before it means a redelivery, which
+//! the processed-messages table turns into a no-op; a crash after it leaves
+//! queued deliveries that the retry loop makes when their lease ends.
 //!
 //! - Unusable messages (no id, bad JSON, unknown type, nonsense values) are
 //!   rejected without requeue, so the broker dead-letters them to
@@ -137,8 +138,9 @@ async fn session(
             },
         }
     };
-    // Let in-flight messages finish (and be acked). Whatever was never
-    // handled goes back to the queue when the channel closes.
+    // Let first attempts under way finish (a delivery cut short would wait
+    // out its lease). Whatever was never acked goes back to the queue when
+    // the channel closes.
     while let Some(done) = tasks.join_next().await {
         log_panic(done);
     }
@@ -200,7 +202,7 @@ async fn parse(d: Delivery) -> Option<Parsed> {
     Some(Parsed { message_id: msg.id, kind, notifications, correlation_id, redelivered: msg.redelivered, delivery: d })
 }
 
-/// Stores a batch in one statement, then delivers and acks each event in a task.
+/// Stores a batch in one statement, acks its events, then delivers (in a task).
 async fn handle_batch(state: &AppState, batch: Vec<Delivery>, tasks: &mut JoinSet<()>, cancel: &CancellationToken) {
     state.counters.batch_size.observe(batch.len() as f64);
     let mut events = Vec::with_capacity(batch.len());
@@ -224,41 +226,44 @@ async fn handle_batch(state: &AppState, batch: Vec<Delivery>, tasks: &mut JoinSe
             return;
         }
     };
-    // One task for the batch: every delivery at once, one statement recording
-    // them all, then the acks (an event is acked once its notifications are
-    // stored and their delivery was tried).
-    let state = state.clone();
-    tasks.spawn(async move {
-        let mut deliveries = Vec::new();
-        let mut acks = Vec::with_capacity(events.len());
-        for (p, recorded) in events.into_iter().zip(recorded) {
-            let span = tracing::info_span!(
-                "event",
-                correlation_id = %p.correlation_id,
-                message_id = %p.message_id,
-                kind = p.kind.as_str(),
-            );
-            match recorded {
-                Recorded::Duplicate => {
-                    span.in_scope(|| tracing::info!(redelivered = p.redelivered, "duplicate event skipped"));
-                    state.counters.message(Outcome::Duplicate);
-                }
-                Recorded::Stored(stored) => {
-                    for n in &stored {
-                        state.counters.stored.with_label_values(&[n.kind.as_str()]).inc();
-                    }
-                    span.in_scope(|| tracing::info!(notifications = stored.len(), "event stored"));
-                    state.counters.message(Outcome::Stored);
-                    deliveries.extend(stored.into_iter().map(|n| (n, p.correlation_id.clone(), span.clone())));
-                }
+    let mut deliveries = Vec::new();
+    for (p, recorded) in events.into_iter().zip(recorded) {
+        let span = tracing::info_span!(
+            "event",
+            correlation_id = %p.correlation_id,
+            message_id = %p.message_id,
+            kind = p.kind.as_str(),
+        );
+        match recorded {
+            Recorded::Duplicate => {
+                span.in_scope(|| tracing::info!(redelivered = p.redelivered, "duplicate event skipped"));
+                state.counters.message(Outcome::Duplicate);
             }
-            acks.push(p.delivery);
+            Recorded::Stored(stored) => {
+                for n in &stored {
+                    state.counters.stored.with_label_values(&[n.kind.as_str()]).inc();
+                }
+                span.in_scope(|| tracing::info!(notifications = stored.len(), "event stored"));
+                state.counters.message(Outcome::Stored);
+                deliveries.extend(stored.into_iter().map(|n| (n, p.correlation_id.clone(), span.clone())));
+            }
         }
-        crate::channels::deliver_new(&state, &deliveries).await;
-        for d in &acks {
-            ack(d).await;
+        ack(&p.delivery).await;
+    }
+    if deliveries.is_empty() {
+        return;
+    }
+    // One task for the batch: every delivery at once, one statement recording them all.
+    match state.channels.first_attempt_slot() {
+        Some(slot) => {
+            let state = state.clone();
+            tasks.spawn(async move {
+                crate::channels::deliver_new(&state, &deliveries).await;
+                drop(slot);
+            });
         }
-    });
+        None => crate::channels::defer_new(state, &deliveries).await,
+    }
 }
 
 /// Stores the events, retrying transient database errors in place (with

@@ -34,6 +34,8 @@ pub struct Counters {
     pub deliveries: IntCounterVec,
     /// `payflow_notification_deliveries_given_up_total{channel}`
     pub gave_up: IntCounterVec,
+    /// `payflow_notification_deliveries_deferred_total{channel}`
+    pub deferred: IntCounterVec,
     /// `payflow_notifications_stored_total{type}`
     pub stored: IntCounterVec,
     /// `payflow_notification_messages_total{outcome}`
@@ -56,6 +58,13 @@ impl Counters {
                 Opts::new(
                     "payflow_notification_deliveries_given_up_total",
                     "Notification deliveries given up after their last failed attempt, by channel",
+                ),
+                &["channel"],
+            )?,
+            deferred: IntCounterVec::new(
+                Opts::new(
+                    "payflow_notification_deliveries_deferred_total",
+                    "First delivery attempts left to the retry loop because too many were under way, by channel",
                 ),
                 &["channel"],
             )?,
@@ -84,6 +93,7 @@ impl Counters {
         for channel in ["webhook", "smtp"] {
             c.gave_up.with_label_values(&[channel]);
         }
+        metrics.register(Box::new(c.deferred.clone()));
         metrics.register(Box::new(c.stored.clone()));
         metrics.register(Box::new(c.messages.clone()));
         metrics.register(Box::new(c.batch_size.clone()));

@@ -2,13 +2,18 @@
 //! consumer hands every newly stored notification to all configured channels
 //! and records each attempt in `notify.deliveries`.
 //!
-//! A failed delivery never blocks the ack: the notification is stored and
-//! readable through the API either way. Deliveries through the channels that
-//! can fail (webhook, e-mail) are queued in `notify.delivery_queue` in the
-//! same commit as the notification: a failed one is tried again with backoff
-//! ([`retry`]), and one whose process died before the attempt is taken up
-//! when its lease runs out. Delivery is therefore at least once: receivers
-//! deduplicate by the notification's `id`.
+//! Delivery never holds an ack: the event is acked once its notifications
+//! are stored, and they are readable through the API either way. Deliveries
+//! through the channels that can fail (webhook, e-mail) are queued in
+//! `notify.delivery_queue` in the same commit as the notification: a failed
+//! one is tried again with backoff ([`retry`]), and one whose process died
+//! before the attempt is taken up when its lease runs out. Delivery is
+//! therefore at least once: receivers deduplicate by the notification's `id`.
+//!
+//! First attempts run in the background, at most [`FIRST_ATTEMPT_BATCHES`]
+//! batches at once; past that (a slow receiver) a batch's queued deliveries
+//! are left to the retry loop, so a slow receiver delays its own deliveries,
+//! never the storing of new notifications.
 
 pub mod log;
 pub mod retry;
@@ -20,6 +25,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, Span};
 
 use crate::config::Config;
@@ -27,8 +33,11 @@ use crate::state::AppState;
 use crate::store::{self, Attempt, DeliveryResult, Notification};
 
 /// Upper bound for one delivery, whatever a channel's own timeouts say, so a
-/// hung channel cannot hold a message unacked forever.
+/// hung channel cannot hold a first-attempt slot or a lease forever.
 pub const DELIVERY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Batches whose first attempts may run at once in one process.
+pub const FIRST_ATTEMPT_BATCHES: usize = 16;
 
 /// What a channel reports for a delivery that did not fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +64,7 @@ pub trait DeliveryChannel: Send + Sync {
 pub struct Channels {
     list: Arc<Vec<Arc<dyn DeliveryChannel>>>,
     queued: Arc<Vec<&'static str>>,
+    first_attempts: Arc<Semaphore>,
 }
 
 impl Channels {
@@ -81,7 +91,11 @@ impl Channels {
 
     pub fn new(list: Vec<Arc<dyn DeliveryChannel>>) -> Self {
         let queued = list.iter().filter(|c| c.queued()).map(|c| c.name()).collect();
-        Self { list: Arc::new(list), queued: Arc::new(queued) }
+        Self {
+            list: Arc::new(list),
+            queued: Arc::new(queued),
+            first_attempts: Arc::new(Semaphore::new(FIRST_ATTEMPT_BATCHES)),
+        }
     }
 
     pub fn names(&self) -> Vec<&'static str> {
@@ -91,6 +105,11 @@ impl Channels {
     /// The channels whose deliveries are queued (see [`DeliveryChannel::queued`]).
     pub fn queued(&self) -> &[&'static str] {
         &self.queued
+    }
+
+    /// Leave to run one batch's first attempts, if fewer than [`FIRST_ATTEMPT_BATCHES`] run.
+    pub fn first_attempt_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.first_attempts.clone().try_acquire_owned().ok()
     }
 
     fn get(&self, name: &str) -> Option<&dyn DeliveryChannel> {
@@ -111,10 +130,37 @@ struct Job<'a> {
 /// First attempts: every newly stored notification through every channel,
 /// each with its event's correlation id and log span.
 pub async fn deliver_new(state: &AppState, notifications: &[(Notification, String, Span)]) {
-    let jobs = notifications
+    attempt(state, first_jobs(state, notifications, |_| true)).await;
+}
+
+/// When [`Channels::first_attempt_slot`] had none: the log channel now (it
+/// cannot be slow), the queued channels through the retry loop, due at once.
+pub async fn defer_new(state: &AppState, notifications: &[(Notification, String, Span)]) {
+    attempt(state, first_jobs(state, notifications, |ch| !ch.queued())).await;
+    let queue = state.queue();
+    if queue.channels.is_empty() {
+        return;
+    }
+    let ids: Vec<_> = notifications.iter().map(|(n, ..)| n.id).collect();
+    if let Err(e) = store::make_due(&state.pool, &queue, &ids).await {
+        // They are still queued: the retry loop takes them when their lease ends.
+        tracing::warn!(error = %e, notifications = ids.len(), "could not hand deliveries to the retry loop");
+    }
+    for channel in queue.channels {
+        state.counters.deferred.with_label_values(&[channel]).inc_by(ids.len() as u64);
+    }
+}
+
+/// First attempts of `notifications` through the channels `which` picks.
+fn first_jobs<'a>(
+    state: &'a AppState,
+    notifications: &'a [(Notification, String, Span)],
+    which: impl Fn(&dyn DeliveryChannel) -> bool + Copy + 'a,
+) -> Vec<Job<'a>> {
+    notifications
         .iter()
         .flat_map(|(n, correlation_id, span)| {
-            state.channels.list.iter().map(move |ch| Job {
+            state.channels.list.iter().filter(move |ch| which(ch.as_ref())).map(move |ch| Job {
                 notification: n,
                 channel: ch.as_ref(),
                 correlation_id,
@@ -122,8 +168,7 @@ pub async fn deliver_new(state: &AppState, notifications: &[(Notification, Strin
                 made: 0,
             })
         })
-        .collect();
-    attempt(state, jobs).await;
+        .collect()
 }
 
 /// Runs the attempts concurrently and records them all in one statement,

@@ -262,3 +262,62 @@ async fn a_webhook_without_a_secret_is_refused_at_start() {
     let err = payflow_notification::AppState::with_parts(&cfg, pool, verifier).err().expect("refused");
     assert!(err.to_string().contains("PAYFLOW_WEBHOOK_SECRET"), "{err}");
 }
+
+/// A receiver that holds every call until `true` is sent on the returned
+/// sender, then answers 204.
+async fn gated_receiver() -> (String, tokio::sync::watch::Sender<bool>) {
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let app = Router::new().route(
+        "/hook",
+        post(move || {
+            let mut gate = gate.clone();
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, open)
+}
+
+#[tokio::test]
+async fn a_hanging_webhook_holds_neither_the_acks_nor_the_storing_of_new_notifications() {
+    use payflow_notification::channels::FIRST_ATTEMPT_BATCHES;
+    let (url, open) = gated_receiver().await;
+    let mut flags = webhook_flags(url, 100).to_vec();
+    flags.push(("webhook-timeout-ms", "60000".to_string()));
+    let h = Harness::start_with(&flags).await;
+    // One event per batch (each is stored before the next is published), more
+    // batches than first attempts may run and more events than the prefetch (10).
+    let past = 8;
+    let mut users = Vec::new();
+    for i in 0..FIRST_ATTEMPT_BATCHES + past {
+        let (alice, bob) = (UserId::new(), UserId::new());
+        h.publish(
+            Uuid::new_v4(),
+            "transaction.completed",
+            &event(Uuid::new_v4(), alice, bob, "1.00", "COMPLETED", None),
+        )
+        .await;
+        h.wait_for_outcome(Outcome::Stored, i as u64 + 1).await;
+        users.extend([alice, bob]);
+    }
+    // Every webhook call still hangs: the first batches hold every slot, the
+    // later ones were left to the retry loop (their log lines written at once).
+    assert_eq!(h.state.counters.deferred.with_label_values(&["webhook"]).get(), 2 * past as u64);
+    let last = *users.last().unwrap();
+    let results: Vec<String> = h.deliveries_of(last).await.into_iter().map(|d| format!("{}:{}", d.0, d.1)).collect();
+    assert_eq!(results, vec!["log:ok"]);
+
+    open.send(true).unwrap();
+    for user in &users {
+        eventually("delivered", || async { queued_webhook(&h, *user).await.is_none().then_some(()) }).await;
+        let results: Vec<String> =
+            h.deliveries_of(*user).await.into_iter().map(|d| format!("{}:{}", d.0, d.1)).collect();
+        assert_eq!(results, vec!["log:ok", "webhook:ok"], "{user}");
+    }
+    h.stop().await;
+}
