@@ -7,7 +7,7 @@ use prometheus::{IntCounterVec, Opts};
 /// What became of one consumed message (`outcome` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Notifications stored (and delivered).
+    /// Notifications stored (their delivery follows).
     Stored,
     /// Already processed: acked and skipped.
     Duplicate,
