@@ -35,7 +35,7 @@ use crate::config::Config;
 use crate::events::{EventBody, EventKind, NewNotification};
 use crate::metrics::Outcome;
 use crate::state::AppState;
-use crate::store::{self, EventToStore, Recorded};
+use crate::store::{self, EventToStore, Queue, Recorded};
 
 /// How long a transient database error is retried in place before the
 /// message is handed back to the broker.
@@ -215,7 +215,14 @@ async fn handle_batch(state: &AppState, batch: Vec<Delivery>, tasks: &mut JoinSe
     if events.is_empty() {
         return;
     }
-    let recorded = match store_events(state, &events, cancel).await {
+    // Decided before storing: without a slot, the batch's queued deliveries are
+    // stored due at once (no lease), for the retry loop to make.
+    let slot = state.channels.first_attempt_slot();
+    let mut queue = state.queue();
+    if slot.is_none() {
+        queue.lease = Duration::ZERO;
+    }
+    let recorded = match store_events(state, &events, &queue, cancel).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, events = events.len(), "cannot store events; returning them to the queue");
@@ -254,7 +261,7 @@ async fn handle_batch(state: &AppState, batch: Vec<Delivery>, tasks: &mut JoinSe
         return;
     }
     // One task for the batch: every delivery at once, one statement recording them all.
-    match state.channels.first_attempt_slot() {
+    match slot {
         Some(slot) => {
             let state = state.clone();
             tasks.spawn(async move {
@@ -269,7 +276,12 @@ async fn handle_batch(state: &AppState, batch: Vec<Delivery>, tasks: &mut JoinSe
 /// Stores the events, retrying transient database errors in place (with
 /// backoff, within [`TRANSIENT_RETRY_BUDGET`]) so a short outage does not
 /// burn the messages' delivery limit.
-async fn store_events(state: &AppState, events: &[Parsed], cancel: &CancellationToken) -> sqlx::Result<Vec<Recorded>> {
+async fn store_events(
+    state: &AppState,
+    events: &[Parsed],
+    queue: &Queue<'_>,
+    cancel: &CancellationToken,
+) -> sqlx::Result<Vec<Recorded>> {
     let batch: Vec<EventToStore> = events
         .iter()
         .map(|p| EventToStore {
@@ -282,7 +294,7 @@ async fn store_events(state: &AppState, events: &[Parsed], cancel: &Cancellation
     let started = Instant::now();
     let mut delay = Duration::from_millis(200);
     loop {
-        match store::record_events(&state.pool, &batch, &state.queue()).await {
+        match store::record_events(&state.pool, &batch, queue).await {
             Ok(r) => return Ok(r),
             Err(e) if is_transient(&e) && started.elapsed() + delay < TRANSIENT_RETRY_BUDGET => {
                 tracing::warn!(

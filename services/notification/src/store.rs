@@ -323,20 +323,6 @@ pub async fn record_attempts(pool: &PgPool, attempts: &[Attempt<'_>]) -> sqlx::R
     Ok(())
 }
 
-/// Makes the first attempts of `ids` through `queue`'s channels due at once (they were leased to
-/// this process, which leaves them to the retry loop): nothing waits out a lease.
-pub async fn make_due(pool: &PgPool, queue: &Queue<'_>, ids: &[Uuid]) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE notify.delivery_queue SET next_attempt_at = now() \
-         WHERE notification_id = ANY($1) AND channel = ANY($2) AND attempts = 0 AND gave_up_at IS NULL",
-    )
-    .bind(ids)
-    .bind(queue.channels)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
 /// A queued delivery taken for another attempt.
 #[derive(Debug)]
 pub struct Due {

@@ -133,21 +133,12 @@ pub async fn deliver_new(state: &AppState, notifications: &[(Notification, Strin
     attempt(state, first_jobs(state, notifications, |_| true)).await;
 }
 
-/// When [`Channels::first_attempt_slot`] had none: the log channel now (it
-/// cannot be slow), the queued channels through the retry loop, due at once.
+/// When [`Channels::first_attempt_slot`] had none (the queued deliveries were
+/// stored due at once, for the retry loop): the log channel now, it cannot be slow.
 pub async fn defer_new(state: &AppState, notifications: &[(Notification, String, Span)]) {
     attempt(state, first_jobs(state, notifications, |ch| !ch.queued())).await;
-    let queue = state.queue();
-    if queue.channels.is_empty() {
-        return;
-    }
-    let ids: Vec<_> = notifications.iter().map(|(n, ..)| n.id).collect();
-    if let Err(e) = store::make_due(&state.pool, &queue, &ids).await {
-        // They are still queued: the retry loop takes them when their lease ends.
-        tracing::warn!(error = %e, notifications = ids.len(), "could not hand deliveries to the retry loop");
-    }
-    for channel in queue.channels {
-        state.counters.deferred.with_label_values(&[channel]).inc_by(ids.len() as u64);
+    for channel in state.channels.queued() {
+        state.counters.deferred.with_label_values(&[channel]).inc_by(notifications.len() as u64);
     }
 }
 
