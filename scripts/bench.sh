@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The send-money benchmark (prints numbers; it is not a test). Builds payflow
-# and payflow-bench (release), starts the `run` stack with RabbitMQ, migrates,
-# starts `payflow dev` with the gateway's rate limits off, runs the load
+# and payflow-bench (release), starts the `run` stack with RabbitMQ, measures
+# what a wakeup costs the machine (pgbench, one client), migrates, starts
+# `payflow dev` with the gateway's rate limits off, runs the load
 # generator (tools/bench), then pgbench on the same Postgres for comparison.
 # Stops what it started when it ends, also on failure or Ctrl-C.
 #
@@ -67,6 +68,50 @@ fi
 [[ "$USERS" =~ ^[0-9]+$ ]] || die "--users must be a number, got '$USERS'"
 
 STACK="$PAYFLOW_SCRIPTS/stack.sh"
+
+# Busy and total jiffies of the whole machine (/proc/stat; idle and iowait are not busy).
+cpu_jiffies() {
+    awk '/^cpu /{t=0; for(i=2;i<=NF;i++) t+=$i; print t-$5-$6, t; exit}' /proc/stat
+}
+
+# Milliseconds of machine CPU per query over one pgbench run, less the idle
+# machine's own use (measured just before); prints "<ms> <queries>".
+cpu_ms_per_query() {
+    local url=$1 idle_b idle_t b0 t0 b1 t1 out n
+    shift
+    read -r b0 t0 < <(cpu_jiffies)
+    sleep 2
+    read -r idle_b idle_t < <(cpu_jiffies)
+    idle_b=$((idle_b - b0)) idle_t=$((idle_t - t0))
+    read -r b0 t0 < <(cpu_jiffies)
+    out="$(pgbench "$@" "$url" 2>&1)" || { echo '? ?'; return; }
+    read -r b1 t1 < <(cpu_jiffies)
+    n="$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")"
+    awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" -v ib="$idle_b" -v it="$idle_t" -v n="${n:-0}" \
+        -v hz="$(getconf CLK_TCK)" 'BEGIN {
+            if (n == 0 || t == 0 || it == 0) { print "?", n; exit }
+            busy = b - ib * t / it; if (busy < 0) busy = 0
+            printf "%.3f %d\n", busy / hz * 1000 / n, n
+        }'
+}
+
+# What a wakeup costs this machine: one client's `SELECT 1` round trips,
+# paced (each wakes the client and a Postgres process from idle) and flat out
+# (they rarely sleep). A PayFlow transfer is dozens of round trips between
+# processes, so this prices its hops at low rates. Run on the idle stack.
+wakeup_probe() {
+    local url=$1 script paced flat
+    script="$(mktemp)"
+    echo 'SELECT 1;' >"$script"
+    log "pgbench SELECT 1, one client, paced at 200/s and flat out (the price of a wakeup)"
+    read -r -a paced < <(cpu_ms_per_query "$url" -n -f "$script" -c 1 -R 200 -T 5) || true
+    read -r -a flat < <(cpu_ms_per_query "$url" -n -f "$script" -c 1 -T 5) || true
+    rm -f "$script"
+    # shellcheck disable=SC2016  # backticks are markdown here
+    printf '\nThe price of a wakeup here: one client'"'"'s `SELECT 1` round trips (pgbench, before the load), machine CPU per query less the idle machine: '
+    printf '**%s ms** paced at 200/s, **%s ms** flat out (%s queries in 5 s).\n' "${paced[0]:-?}" "${flat[0]:-?}" "${flat[1]:-?}"
+}
+
 RUN_DIR="$PAYFLOW_STATE_ROOT/run"
 APP_LOG="$RUN_DIR/bench-payflow.log"
 REPORT="$RUN_DIR/bench-$(date -u +%Y%m%dT%H%M%SZ).md"
@@ -125,6 +170,8 @@ PAYFLOW_STACK_RABBITMQ=1 "$STACK" start run
 stack_env="$(PAYFLOW_STACK_RABBITMQ=1 "$STACK" env run)"
 eval "$stack_env"
 
+wakeup="$(wakeup_probe "$PAYFLOW_DATABASE_URL")"
+
 log "running migrations (payflow migrate)"
 "$BIN" migrate >&2
 
@@ -155,7 +202,7 @@ log "running payflow-bench (levels $LEVELS, ${DURATION}s each, $USERS users); re
 } | tee "$REPORT"
 "$BENCH_BIN" --gateway "$GATEWAY" --levels "$LEVELS" --duration "$DURATION" --users "$USERS" \
     --drain-timeout "$DRAIN" --metrics-urls "$METRICS_URLS" "${PACED_ARGS[@]}" | tee -a "$REPORT"
-printf '\nPostgres: %s (PayFlow and pgbench alike).\n' "$pg_settings" | tee -a "$REPORT"
+printf '\nPostgres: %s (PayFlow and pgbench alike).\n%s\n' "$pg_settings" "$wakeup" | tee -a "$REPORT"
 # Money must still add up after the load: balances sum to zero and match the ledger.
 ledger="$(PAYFLOW_LOG=error "$BIN" ledger-check 2>&1 >/dev/null | tail -n1)" || warn "ledger check failed: $ledger"
 # shellcheck disable=SC2016  # backticks are markdown here
