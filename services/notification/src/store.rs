@@ -143,7 +143,8 @@ pub async fn record_events(
     let first: Vec<bool> = events.iter().map(|e| seen.insert(e.message_id)).collect();
     let unique = || events.iter().zip(&first).filter(|(_, f)| **f).map(|(e, _)| e);
     let notes = || unique().flat_map(|e| e.notifications.iter().map(move |(event, n)| (e, *event, n)));
-    let sql: &str = if queue.channels.is_empty() { &RECORD_EVENTS } else { &RECORD_EVENTS_QUEUED };
+    let queued = !queue.channels.is_empty();
+    let sql: &str = if queued { &RECORD_EVENTS_QUEUED } else { &RECORD_EVENTS };
     let query = sqlx::query(sql)
         .bind(unique().map(|e| e.message_id).collect::<Vec<_>>())
         .bind(unique().map(|e| e.kind).collect::<Vec<_>>())
@@ -155,14 +156,14 @@ pub async fn record_events(
         .bind(notes().map(|(.., n)| n.transaction_id).collect::<Vec<_>>())
         .bind(notes().map(|(.., n)| n.occurred_at).collect::<Vec<_>>())
         .bind(notes().map(|(e, ..)| e.message_id).collect::<Vec<_>>());
-    let rows = if queue.channels.is_empty() {
-        query
-    } else {
+    let rows = if queued {
         query
             .bind(notes().map(|(e, ..)| e.correlation_id).collect::<Vec<_>>())
             .bind(queue.channels)
             .bind(queue.lease.as_secs_f64())
             .bind(queue.prefix)
+    } else {
+        query
     }
     .fetch_all(pool)
     .await?;

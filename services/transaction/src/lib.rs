@@ -33,6 +33,14 @@ pub(crate) async fn test_pool(max_connections: u32) -> PgPool {
     sqlx::postgres::PgPoolOptions::new().max_connections(max_connections).connect(&url).await.expect("connect")
 }
 
+/// One connection on the test database, with this schema migrated.
+#[cfg(test)]
+pub(crate) async fn migrated_test_pool() -> PgPool {
+    let pool = test_pool(1).await;
+    migrate(&pool).await.expect("migrate");
+    pool
+}
+
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     payflow_common::db::migrate_schema(pool, SCHEMA, &MIGRATOR).await
 }

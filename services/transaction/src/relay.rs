@@ -244,8 +244,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_claim_walks_the_unpublished_index_in_order() {
-        let pool = crate::test_pool(1).await;
-        crate::migrate(&pool).await.expect("migrate");
+        let pool = crate::migrated_test_pool().await;
         let mut tx = pool.begin().await.expect("begin");
         sqlx::Executor::execute(&mut *tx, CLAIM_SETTINGS).await.expect("settings");
         let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {CLAIM}"))

@@ -358,8 +358,7 @@ mod tests {
 
     #[tokio::test]
     async fn guarded_updates_by_id_use_the_primary_key_not_the_open_index() {
-        let pool = crate::test_pool(1).await;
-        crate::migrate(&pool).await.expect("migrate");
+        let pool = crate::migrated_test_pool().await;
         let ids = vec![Uuid::now_v7(), Uuid::now_v7()];
         let sqls = [crate::worker::MARK_PROCESSING, COMPLETE.as_str(), FAIL.as_str(), DELETE_PENDING]
             .map(|sql| format!("EXPLAIN {sql}"));
