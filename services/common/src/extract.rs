@@ -50,14 +50,19 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             vec![FieldError::new("body", "is empty")],
         ));
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
+        let msg = inner.to_string();
+        // Valid JSON whose number no field can hold: the field's fault, not the syntax's.
+        if msg.starts_with("number out of range") && path != "." {
+            return ApiError::validation(vec![FieldError::new(path, "is out of range")]);
+        }
         if inner.is_syntax() || inner.is_eof() {
-            ApiError::bad_request("malformed_json", "Malformed JSON", vec![FieldError::new("body", inner.to_string())])
+            malformed(msg)
         } else {
-            let msg = strip_position(&inner.to_string());
+            let msg = strip_position(&msg);
             // serde reports a missing field at its parent; name the field itself.
             if let Some(field) = msg.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
                 let full = if path == "." { field.to_string() } else { format!("{path}.{field}") };
@@ -66,11 +71,18 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             let path = if path == "." { "body".to_string() } else { path };
             ApiError::validation(vec![FieldError::new(path, msg)])
         }
-    })
+    })?;
+    // One JSON value per body: anything after it is malformed, not ignored.
+    de.end().map_err(|e| malformed(e.to_string()))?;
+    Ok(value)
+}
+
+fn malformed(msg: String) -> ApiError {
+    ApiError::bad_request("malformed_json", "Malformed JSON", vec![FieldError::new("body", msg)])
 }
 
 /// serde_json appends " at line 1 column 17", which means nothing to a client.
-fn strip_position(msg: &str) -> String {
+pub fn strip_position(msg: &str) -> String {
     match msg.rfind(" at line ") {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
@@ -110,6 +122,20 @@ mod tests {
         let err = parse_json::<Req>(b"{\"email\":").unwrap_err();
         assert_eq!(err.code, "malformed_json");
         assert_eq!(err.status, 400);
+    }
+
+    #[test]
+    fn anything_after_the_value_is_malformed() {
+        let err = parse_json::<Req>(br#"{"email":"a@b.c","age":3} x"#).unwrap_err();
+        assert_eq!((err.code, err.details[0].path.as_str()), ("malformed_json", "body"));
+        assert!(parse_json::<Req>(b"{\"email\":\"a@b.c\",\"age\":3}\n ").is_ok());
+    }
+
+    #[test]
+    fn a_number_out_of_range_names_its_field() {
+        let err = parse_json::<serde_json::Value>(br#"{"amount":1e400}"#).unwrap_err();
+        assert_eq!(err.code, "validation_failed");
+        assert_eq!(err.details[0], FieldError::new("amount", "is out of range"));
     }
 
     #[test]

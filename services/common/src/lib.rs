@@ -12,6 +12,7 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod idempotency_key;
 pub mod ids;
 pub mod jwt;
 pub mod metrics;

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::cors::CorsLayer;
 
 use crate::error::ApiError;
 use crate::health::{self, Readiness};
@@ -24,20 +25,28 @@ pub struct ServiceInfo {
     pub readiness: Readiness,
     /// Upper bound for handling one request.
     pub request_timeout: Duration,
+    /// Browser access rules, for the service browsers call (the gateway).
+    pub cors: Option<CorsLayer>,
 }
 
 impl ServiceInfo {
     /// `metrics` is the service's own registry, so the HTTP metrics sit next to its counters.
     pub fn new(name: &'static str, metrics: Metrics, readiness: Readiness) -> Self {
-        Self { name, metrics, readiness, request_timeout: Duration::from_secs(15) }
+        Self { name, metrics, readiness, request_timeout: Duration::from_secs(15), cors: None }
+    }
+
+    pub fn with_cors(mut self, cors: CorsLayer) -> Self {
+        self.cors = Some(cors);
+        self
     }
 }
 
 /// Adds health/metrics routes, JSON 404/405, a request timeout, panic
-/// recovery, metrics and correlation ids (outermost, so every answer has one).
+/// recovery, metrics, CORS when configured and correlation ids (outermost,
+/// so every answer has one, CORS preflights included).
 pub fn with_common_layers(router: Router, info: &ServiceInfo) -> Router {
     let timeout = info.request_timeout;
-    router
+    let router = router
         .merge(health::routes(info.name, info.readiness.clone(), info.metrics.clone()))
         .fallback(|| async { ApiError::route_not_found() })
         .method_not_allowed_fallback(|| async {
@@ -47,8 +56,12 @@ pub fn with_common_layers(router: Router, info: &ServiceInfo) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::internal("handler panicked").into_response()
         }))
-        .layer(middleware::from_fn_with_state(info.metrics.clone(), metrics::middleware))
-        .layer(middleware::from_fn(crate::correlation::middleware))
+        .layer(middleware::from_fn_with_state(info.metrics.clone(), metrics::middleware));
+    let router = match &info.cors {
+        Some(cors) => router.layer(cors.clone()),
+        None => router,
+    };
+    router.layer(middleware::from_fn(crate::correlation::middleware))
 }
 
 async fn request_timeout(limit: Duration, req: Request, next: Next) -> Response {

@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod client_ip;
 pub mod config;
 pub mod idempotency_cache;
+mod legacy_paths;
 mod payments;
 pub mod proxy;
 pub mod rate_limit;

@@ -8,6 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use payflow_common::bearer::AuthUser;
 use payflow_common::extract::{body_too_large, MAX_BODY_BYTES};
+use payflow_common::idempotency_key::IdempotencyKey;
 
 use crate::idempotency_cache::{self, Cached};
 use crate::proxy::send;
@@ -19,8 +20,11 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
         Ok(b) => b,
         Err(_) => return body_too_large().into_response(),
     };
-    let key = parts.headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let Some(key) = key else { return send(&s, &s.upstreams.transaction, &parts, body).await };
+    let key = match IdempotencyKey::from_headers(&parts.headers) {
+        Ok(Some(key)) => key.into_string(),
+        Ok(None) => return send(&s, &s.upstreams.transaction, &parts, body).await,
+        Err(e) => return e.into_response(),
+    };
     let user_id = user.id().to_string();
     let hash = idempotency_cache::body_hash(&body);
     if let Some(hit) = idempotency_cache::get(&s.redis, &user_id, &key).await {

@@ -15,6 +15,7 @@ use payflow_common::extract::parse_path_id;
 use payflow_common::ids::UserId;
 use payflow_common::jwt::TokenError;
 use payflow_common::server::{with_common_layers, ServiceInfo};
+use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::proxy::{forward, ClientIp};
@@ -26,7 +27,8 @@ pub fn router(state: AppState) -> Router {
         crate::SERVICE_NAME,
         state.metrics.clone(),
         payflow_common::health::Readiness { db: None, redis: Some(state.redis.clone()) },
-    );
+    )
+    .with_cors(cors(&state.cors_origins));
 
     // Anonymous calls that guess passwords or mint tokens get a tighter limit.
     let auth_public = Router::new()
@@ -52,7 +54,9 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .layer(middleware::from_fn_with_state(state.clone(), ip_limit))
         .with_state(state.clone());
-    with_common_layers(api, &info).layer(cors(&state.cors_origins))
+    // Outside the route table, since routing happens before any of its layers run.
+    let app = with_common_layers(api, &info).map_request(crate::legacy_paths::normalize);
+    Router::new().fallback_service(app)
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

@@ -23,11 +23,6 @@ pub enum Begin {
     Resume { transaction_id: Uuid },
 }
 
-/// 1-255 visible ASCII characters.
-pub fn valid_key(key: &str) -> bool {
-    (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
-}
-
 /// What binds a key to its request: the parsed request, not its bytes, so
 /// `50` and `"50.00"` are the same request.
 pub fn fingerprint(to: Uuid, amount: i64, currency: &str, description: Option<&str>) -> Vec<u8> {

@@ -59,7 +59,8 @@ pub async fn login(
     {
         tracing::warn!(retry_after_secs, "login refused: too many failures for this email");
         state.auth_metrics.login(LoginResult::Locked);
-        return Err(ApiError::too_many_requests("Too many failed login attempts, try again later", retry_after_secs));
+        // The contract's 429 text, so clients handle it like any other; the code tells it apart.
+        return Err(ApiError::too_many_requests("Too many requests", retry_after_secs).with_code("login_locked"));
     }
 
     let found = users::find_for_login(&state.pool, email.as_str()).await.map_err(store_error)?;

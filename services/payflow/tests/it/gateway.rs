@@ -71,14 +71,18 @@ async fn cors_preflight_allows_configured_origins_only() {
             .header("origin", origin)
             .header("access-control-request-method", "POST")
             .header("access-control-request-headers", "authorization,content-type,idempotency-key")
+            .header("x-correlation-id", "preflight-1")
             .send()
     };
     let ok = preflight("http://localhost:3000").await.expect("preflight");
     assert_eq!(ok.headers()["access-control-allow-origin"], "http://localhost:3000");
+    // Preflights are answers too: they carry the correlation id like every other.
+    assert_eq!(ok.headers()["x-correlation-id"], "preflight-1");
     let allowed = ok.headers()["access-control-allow-headers"].to_str().expect("ascii").to_lowercase();
     assert!(allowed.contains("idempotency-key") && allowed.contains("authorization"), "{allowed}");
     let bad = preflight("http://evil.example").await.expect("preflight");
     assert!(bad.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(bad.headers()["x-correlation-id"], "preflight-1");
 
     let res = s.http.get(s.url("/health")).header("origin", "http://localhost:8080").send().await.expect("get");
     assert_eq!(res.headers()["access-control-allow-origin"], "http://localhost:8080");

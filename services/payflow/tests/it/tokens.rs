@@ -109,8 +109,11 @@ async fn repeated_login_failures_lock_temporarily() {
         .send()
         .await
         .expect("login");
-    assert!(res.status() == 429 || res.status() == 423, "locked: {}", res.status());
+    assert_eq!(res.status(), 429, "locked");
     assert!(res.headers().contains_key("retry-after"));
+    let body: serde_json::Value = res.json().await.expect("json");
+    assert_eq!((body["error"].as_str(), body["code"].as_str()), (Some("Too many requests"), Some("login_locked")));
+    assert!(body["retryAfter"].as_u64().is_some_and(|s| s > 0), "{body}");
 
     // Unknown users answer exactly like wrong passwords.
     let (status, body) = post(

@@ -83,3 +83,62 @@ async fn oversized_and_malformed_bodies_get_400() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(paths(&body), vec!["email".to_string()]);
 }
+
+#[tokio::test]
+async fn ambiguous_send_money_input_is_refused_and_records_nothing() {
+    let s = Stack::start().await;
+    let a = s.register().await;
+    let b = s.register().await;
+    let raw = |body: String, keys: &[&str]| {
+        let mut req = s
+            .http
+            .post(s.url("/api/transactions"))
+            .bearer_auth(&a.access)
+            .header("content-type", "application/json")
+            .body(body);
+        for k in keys {
+            req = req.header("idempotency-key", *k);
+        }
+        async move {
+            let res = req.send().await.expect("request");
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.expect("json"))
+        }
+    };
+    let to = &b.id;
+
+    // Anything after the JSON value is malformed, not ignored.
+    let (status, body) = raw(format!(r#"{{"toUserId":"{to}","amount":1}} x"#), &[]).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("malformed_json")), "{body}");
+    // A number no amount can be is the amount's fault.
+    let (status, body) = raw(format!(r#"{{"toUserId":"{to}","amount":1e400}}"#), &[]).await;
+    assert_eq!((status, paths(&body)), (400, vec!["amount".to_string()]), "{body}");
+    // Two keys: which one was meant cannot be guessed.
+    let (status, body) = raw(format!(r#"{{"toUserId":"{to}","amount":1}}"#), &["k-1", "k-2"]).await;
+    assert_eq!((status, paths(&body)), (400, vec!["Idempotency-Key".to_string()]), "{body}");
+
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM txn.transactions WHERE from_user_id = $1::uuid")
+        .bind(&a.id)
+        .fetch_one(&s.pool)
+        .await
+        .expect("count");
+    assert_eq!(recorded, 0);
+
+    let (status, body) = get(&s, &format!("/api/transactions?cursor={}&page=2", uuid::Uuid::new_v4()), &a.access).await;
+    assert_eq!((status, paths(&body)), (400, vec!["page".to_string()]), "{body}");
+}
+
+#[tokio::test]
+async fn paths_match_as_the_older_gateway_matched_them() {
+    let s = Stack::start().await;
+    let a = s.register().await;
+    // Express ignored a trailing slash and the case of a path; existing clients may rely on it.
+    for path in ["/api/transactions/", "/API/Transactions", &format!("/api/wallets/{}/", a.id.to_uppercase())] {
+        let (status, body) = get(&s, path, &a.access).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let res = s.http.get(s.url("/API/HEALTH/?probe=1")).send().await.expect("health");
+    assert_eq!(res.status(), 200);
+    let (status, body) = get(&s, "/api/nothing-here/", &a.access).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("Route not found")));
+}

@@ -10,12 +10,13 @@
 //! reversal voids its hold (or records a void of an id wallet never saw) and fails it.
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use payflow_common::bearer::AuthUser;
 use payflow_common::correlation::CorrelationId;
 use payflow_common::error::{ApiError, ApiResult, FieldError};
-use payflow_common::extract::{parse_json, read_body};
+use payflow_common::extract::{parse_json, read_body, strip_position};
+use payflow_common::idempotency_key::IdempotencyKey;
 use payflow_common::money::parse_json_amount;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -55,8 +56,9 @@ fn validate(bytes: &[u8], caller: Uuid, s: &AppState) -> ApiResult<Valid> {
         .filter(|f| map.contains_key(**f))
         .map(|f| FieldError::new(*f, "must not be set by the client"))
         .collect();
+    // The syntax passed above; what is left is the shape (a field given twice).
     let body: Body = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::validation(vec![FieldError::new("body", e.to_string())]))?;
+        .map_err(|e| ApiError::validation(vec![FieldError::new("body", strip_position(&e.to_string()))]))?;
 
     if let Some(from) = &body.from_user_id {
         if from.as_str().and_then(|f| Uuid::parse_str(f).ok()) != Some(caller) {
@@ -108,17 +110,6 @@ fn validate(bytes: &[u8], caller: Uuid, s: &AppState) -> ApiResult<Valid> {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
-    match v.to_str() {
-        Ok(k) if idempotency::valid_key(k) => Ok(Some(k.to_string())),
-        _ => Err(ApiError::validation(vec![FieldError::new(
-            "Idempotency-Key",
-            "must be 1-255 visible ASCII characters",
-        )])),
-    }
-}
-
 fn json_response(status: u16, body: String, replayed: bool) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut res =
@@ -136,7 +127,7 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
     let bytes = read_body(req).await?;
     let caller = user.id().0;
     let v = validate(&bytes, caller, &s)?;
-    let key = idempotency_key(&headers)?;
+    let key = IdempotencyKey::from_headers(&headers)?.map(IdempotencyKey::into_string);
     let currency = s.currency.code().to_string();
 
     let new = NewTransaction {

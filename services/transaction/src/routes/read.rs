@@ -62,6 +62,9 @@ fn parse_query(q: &HashMap<String, String>, caller: &AuthUser) -> ApiResult<List
             0
         }
     };
+    if q.contains_key("cursor") && q.contains_key("page") {
+        details.push(FieldError::new("page", "cannot be combined with cursor"));
+    }
     if !details.is_empty() {
         return Err(ApiError::validation(details));
     }
