@@ -19,7 +19,8 @@ pub enum Begin {
     Mismatch,
     /// The first request is still being handled.
     InFlight,
-    /// Abandoned after its transaction was recorded: answer from that transaction.
+    /// Abandoned after its transaction was recorded, and now taken over:
+    /// finish that transaction's accept (or answer it as it is now).
     Resume { transaction_id: Uuid },
 }
 
@@ -66,10 +67,8 @@ pub async fn begin(pool: &PgPool, user: Uuid, key: &str, fp: &[u8]) -> Result<Be
     if !stale {
         return Ok(Begin::InFlight);
     }
-    if let Some(transaction_id) = txn {
-        return Ok(Begin::Resume { transaction_id });
-    }
-    // Take the abandoned record over, unless someone else just did.
+    // Take the abandoned record over, unless someone else just did: one retry
+    // at a time finishes it, the others are told it is in flight.
     let taken = sqlx::query(
         "UPDATE txn.idempotency_keys SET created_at = now() \
          WHERE user_id = $1 AND key = $2 AND completed_at IS NULL AND created_at = $3",
@@ -80,7 +79,11 @@ pub async fn begin(pool: &PgPool, user: Uuid, key: &str, fp: &[u8]) -> Result<Be
     .execute(pool)
     .await?
     .rows_affected();
-    Ok(if taken == 1 { Begin::Fresh } else { Begin::InFlight })
+    Ok(match (taken, txn) {
+        (1, Some(transaction_id)) => Begin::Resume { transaction_id },
+        (1, None) => Begin::Fresh,
+        _ => Begin::InFlight,
+    })
 }
 
 /// Stores the answer of a resumed record.

@@ -64,6 +64,26 @@ fn common_args(s: &Stack) -> Vec<String> {
     ]
 }
 
+/// A transaction service of its own (no relay), armed at `fault`, once ready; and its URL.
+async fn armed_transaction_service(s: &Stack, fault: &str) -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let mut args = vec![
+        "transaction".to_string(),
+        format!("--transaction-port={port}"),
+        "--relay=false".into(),
+        format!("--jwks-url={}/.well-known/jwks.json", s.auth),
+    ];
+    args.extend(common_args(s));
+    let child = spawn_armed(fault, &args);
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while s.http.get(format!("{base}/readyz")).send().await.map(|r| !r.status().is_success()).unwrap_or(true) {
+        assert!(std::time::Instant::now() < deadline, "the transaction service did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, base)
+}
+
 async fn send_some(s: &Stack, n: usize) -> (crate::harness::User, Vec<Uuid>) {
     let a = s.register().await;
     let b = s.register().await;
@@ -144,24 +164,10 @@ async fn relay_killed_after_publishing_before_marking() {
 async fn transaction_service_killed_in_a_burst_of_batched_accepts() {
     let s = Stack::start().await;
     let (a, b) = (s.register().await, s.register().await);
-    // A transaction service of its own, armed to die right after the first accept commits,
-    // while the other requests of the burst are at every step of theirs.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-    let mut args = vec![
-        "transaction".to_string(),
-        format!("--transaction-port={port}"),
-        "--relay=false".into(),
-        format!("--jwks-url={}/.well-known/jwks.json", s.auth),
-    ];
-    args.extend(common_args(&s));
+    // Armed to die right after the first accept commits, while the other requests of the
+    // burst are at every step of theirs.
     let fault = "transaction-after-accept";
-    let child = spawn_armed(fault, &args);
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while s.http.get(format!("{base}/readyz")).send().await.map(|r| !r.status().is_success()).unwrap_or(true) {
-        assert!(std::time::Instant::now() < deadline, "the transaction service did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (child, base) = armed_transaction_service(&s, fault).await;
     let burst = (0..24).map(|i| {
         let req = s
             .http
@@ -221,6 +227,69 @@ async fn transaction_service_killed_in_a_burst_of_batched_accepts() {
         accepted.len(),
         recorded.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_crash_between_hold_and_accept_settles_the_transfer() {
+    let s = Stack::start().await;
+    let (a, b) = (s.register().await, s.register().await);
+    let fault = "transaction-after-hold";
+    let (child, base) = armed_transaction_service(&s, fault).await;
+    let key = format!("crash-{}", Uuid::new_v4());
+    let first = s
+        .http
+        .post(format!("{base}/api/transactions"))
+        .bearer_auth(&a.access)
+        .header("idempotency-key", &key)
+        .json(&json!({"toUserId": b.id, "amount": "3.00"}))
+        .send()
+        .await;
+    assert!(first.is_err(), "the service died before answering: {first:?}");
+    await_killed(fault, child).await;
+
+    // What the crash left: the PENDING row with its hold, the key's record unfinished.
+    let (id, hold): (Uuid, String) = sqlx::query_as(
+        "SELECT k.transaction_id, w.state FROM txn.idempotency_keys k \
+         JOIN wallet.transfers w ON w.id = k.transaction_id \
+         WHERE k.user_id = $1::uuid AND k.key = $2 AND k.completed_at IS NULL",
+    )
+    .bind(&a.id)
+    .bind(&key)
+    .fetch_one(&s.pool)
+    .await
+    .expect("the crash's leftovers");
+    assert_eq!(hold, "pending");
+
+    // A retry while the record is young is told the first is in flight.
+    let early = send(&s, &a, &b.id, json!("3.00"), Some(&key)).await;
+    assert_eq!(early.status, 409, "{}", early.body);
+    // Once it is 30 s old (aged here rather than waited for), two retries at once: one takes
+    // it over and finishes the accept, the other is in flight or replays its answer.
+    sqlx::query(
+        "UPDATE txn.idempotency_keys SET created_at = created_at - interval '31 seconds' \
+         WHERE user_id = $1::uuid AND key = $2",
+    )
+    .bind(&a.id)
+    .bind(&key)
+    .execute(&s.pool)
+    .await
+    .expect("age the record");
+    let (r1, r2) =
+        tokio::join!(send(&s, &a, &b.id, json!("3.00"), Some(&key)), send(&s, &a, &b.id, json!("3.00"), Some(&key)));
+    let answered: Vec<_> = [&r1, &r2].into_iter().filter(|r| r.status == 201).collect();
+    assert!(!answered.is_empty() && [&r1, &r2].iter().all(|r| r.status == 201 || r.status == 409), "{r1:?} {r2:?}");
+    for r in &answered {
+        assert_eq!((r.body["id"].as_str(), r.replayed), (Some(id.to_string().as_str()), true), "{}", r.body);
+    }
+
+    // It settles now, once, instead of being failed by the reversal a minute later.
+    wait_final(&s, &[id], Duration::from_secs(15)).await;
+    assert_eq!(count_completed(&s, &[id]).await, 1);
+    assert_invariants(&s, &[id]).await;
+    let (_, w) = crate::harness::get(&s, &format!("/api/wallets/{}", a.id), &a.access).await;
+    assert_eq!((w["balance"].as_str(), w["available_balance"].as_str()), (Some("997.00"), Some("997.00")), "{w}");
+    let again = send(&s, &a, &b.id, json!("3.00"), Some(&key)).await;
+    assert_eq!((again.status, again.replayed, again.body["id"].as_str()), (201, true, Some(id.to_string().as_str())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

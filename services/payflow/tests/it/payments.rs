@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::harness::{get, Options, Stack, User};
 
+#[derive(Debug)]
 pub struct Sent {
     pub status: u16,
     pub replayed: bool,

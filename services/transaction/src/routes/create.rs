@@ -6,8 +6,10 @@
 //! 2. the hold at wallet (a pending transfer with a timeout, keyed by the transaction id);
 //! 3. the settle message in the outbox together with the stored idempotent answer.
 //!
-//! A crash after 1 or 2 leaves a PENDING transaction without a message: the
-//! reversal voids its hold (or records a void of an id wallet never saw) and fails it.
+//! A crash after 1 or 2 leaves a PENDING transaction without a message. A retry
+//! with the same Idempotency-Key, once the record is 30 s old, takes it over and
+//! finishes steps 2 and 3; otherwise the reversal voids its hold (or records a
+//! void of an id wallet never saw) and fails it.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -24,6 +26,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::idempotency::{self, Begin};
+use crate::model::{Status, Transaction};
 use crate::state::AppState;
 use crate::store::{self, Accepted, FreshKey, NewTransaction};
 use crate::wallet_client::{Hold, HoldRequest, Resolution};
@@ -173,40 +176,15 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
                         "A request with this Idempotency-Key is still being processed",
                     ))
                 }
-                Begin::Resume { transaction_id } => return resume(&s, caller, k, transaction_id).await,
+                Begin::Resume { transaction_id } => {
+                    return resume(&s, caller, k, transaction_id, &new.correlation_id).await
+                }
             }
         }
     };
-    let hold = HoldRequest {
-        id: t.id,
-        from: t.from_user_id,
-        to: t.to_user_id,
-        amount: t.amount,
-        currency: t.currency.clone(),
-        correlation_id: new.correlation_id.clone(),
-    };
-    match s.batches.hold(hold).await {
-        Hold::Held => {
-            let body = t.accepted_json().to_string();
-            let accepted = Accepted {
-                id: t.id,
-                correlation_id: new.correlation_id.clone(),
-                key: idem.map(|(user, k)| (user, k.to_string())),
-                response: body.clone(),
-            };
-            s.batches.accept(accepted).await?;
-            s.relay_wake.notify_one();
-            s.txn_metrics.accepted.inc();
-            crate::fault::point("transaction-after-accept");
-            Ok(json_response(201, body, false))
-        }
-        Hold::Refused(status, err) => {
-            let body = json!({"error": err["error"], "code": err["code"]});
-            store::reject(&s.pool, t.id, idem, status, &body).await?;
-            s.txn_metrics.rejected.with_label_values(&[&status.to_string()]).inc();
-            Ok(json_response(status, body.to_string(), false))
-        }
-        Hold::Unknown(reason) => {
+    match hold_then_accept(&s, &t, idem, &new.correlation_id, false).await? {
+        Outcome::Answered(res) => Ok(res),
+        Outcome::Unknown(reason) => {
             tracing::warn!(transaction_id = %t.id, %reason, "hold outcome unknown; voiding");
             // Nothing can have moved (no settle message exists): void and forget, or
             // leave the PENDING row to the reversal if wallet is unreachable.
@@ -219,6 +197,58 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
     }
 }
 
+/// What placing the hold came to.
+enum Outcome {
+    /// Accepted (201, settle message enqueued) or refused by wallet (the
+    /// refusal stored as the answer, the row dropped): either way, answered.
+    Answered(Response),
+    /// Wallet's answer is unknown; the caller decides what to leave behind.
+    Unknown(String),
+}
+
+/// Places the hold and, once it is held, enqueues the settle message together
+/// with the stored answer.
+async fn hold_then_accept(
+    s: &AppState,
+    t: &Transaction,
+    idem: Option<(Uuid, &str)>,
+    correlation_id: &str,
+    replayed: bool,
+) -> ApiResult<Outcome> {
+    let hold = HoldRequest {
+        id: t.id,
+        from: t.from_user_id,
+        to: t.to_user_id,
+        amount: t.amount,
+        currency: t.currency.clone(),
+        correlation_id: correlation_id.to_string(),
+    };
+    match s.batches.hold(hold).await {
+        Hold::Held => {
+            crate::fault::point("transaction-after-hold");
+            let body = t.accepted_json().to_string();
+            let accepted = Accepted {
+                id: t.id,
+                correlation_id: correlation_id.to_string(),
+                key: idem.map(|(user, k)| (user, k.to_string())),
+                response: body.clone(),
+            };
+            s.batches.accept(accepted).await?;
+            s.relay_wake.notify_one();
+            s.txn_metrics.accepted.inc();
+            crate::fault::point("transaction-after-accept");
+            Ok(Outcome::Answered(json_response(201, body, replayed)))
+        }
+        Hold::Refused(status, err) => {
+            let body = json!({"error": err["error"], "code": err["code"]});
+            store::reject(&s.pool, t.id, idem, status, &body).await?;
+            s.txn_metrics.rejected.with_label_values(&[&status.to_string()]).inc();
+            Ok(Outcome::Answered(json_response(status, body.to_string(), replayed)))
+        }
+        Hold::Unknown(reason) => Ok(Outcome::Unknown(reason)),
+    }
+}
+
 async fn release(s: &AppState, caller: Uuid, key: Option<&str>) {
     if let Some(k) = key {
         if let Err(e) = idempotency::release(&s.pool, caller, k).await {
@@ -227,14 +257,24 @@ async fn release(s: &AppState, caller: Uuid, key: Option<&str>) {
     }
 }
 
-/// A record abandoned by a crash after its transaction was recorded: answer
-/// with that transaction as it is now, and remember the answer.
-async fn resume(s: &AppState, caller: Uuid, key: &str, id: Uuid) -> ApiResult<Response> {
-    let body = match store::get(&s.pool, id).await? {
-        Some(t) => t.accepted_json(),
-        None => return Err(ApiError::unavailable("Please retry")),
-    };
-    let text = body.to_string();
+/// A record abandoned by a crash after its transaction was recorded, taken
+/// over by this retry: finish what the crash interrupted (the hold is
+/// idempotent by id; the settle message and the answer commit together), so
+/// the retried request settles instead of waiting for the reversal to fail it.
+async fn resume(s: &AppState, caller: Uuid, key: &str, id: Uuid, correlation_id: &str) -> ApiResult<Response> {
+    let Some(t) = store::get(&s.pool, id).await? else { return Err(ApiError::unavailable("Please retry")) };
+    if t.status == Status::Pending {
+        return match hold_then_accept(s, &t, Some((caller, key)), correlation_id, true).await? {
+            Outcome::Answered(res) => Ok(res),
+            Outcome::Unknown(reason) => {
+                // Left as it is: a later retry resumes it again, or the reversal fails it.
+                tracing::warn!(transaction_id = %t.id, %reason, "hold outcome unknown on resume");
+                Err(ApiError::unavailable("Payments are temporarily unavailable, please retry"))
+            }
+        };
+    }
+    // Final already (the reversal got there first): answer it as it is now.
+    let text = t.accepted_json().to_string();
     idempotency::finish(&s.pool, caller, key, 201, &text).await?;
     Ok(json_response(201, text, true))
 }
