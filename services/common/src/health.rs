@@ -17,12 +17,21 @@ use crate::metrics::{self, Metrics};
 pub struct Readiness {
     pub db: Option<sqlx::PgPool>,
     pub redis: Option<redis::aio::ConnectionManager>,
+    /// For services that verify access tokens: not ready before auth's keys
+    /// are loaded, or every request would be a 503.
+    pub keys: Option<crate::jwt::JwtVerifier>,
 }
 
 impl Readiness {
     /// Ready when Postgres answers (the services without Redis).
     pub fn postgres(pool: sqlx::PgPool) -> Self {
-        Self { db: Some(pool), redis: None }
+        Self { db: Some(pool), ..Self::default() }
+    }
+
+    /// Also ready only once `verifier` has signing keys.
+    pub fn with_keys(mut self, verifier: crate::jwt::JwtVerifier) -> Self {
+        self.keys = Some(verifier);
+        self
     }
 
     /// Checks each dependency with a short deadline.
@@ -43,6 +52,13 @@ impl Readiness {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(format!("redis: {e}")),
                 Err(_) => return Err("redis: timed out".into()),
+            }
+        }
+        if let Some(keys) = &self.keys {
+            match tokio::time::timeout(deadline, keys.ensure_keys()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("signing keys: {e}")),
+                Err(_) => return Err("signing keys: timed out".into()),
             }
         }
         Ok(())
@@ -89,4 +105,24 @@ async fn health(State(s): State<HealthState>) -> Response {
         "version": crate::VERSION,
     });
     (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::JwtClaimArgs;
+    use crate::jwt::{JwtSigner, JwtVerifier};
+
+    #[tokio::test]
+    async fn not_ready_to_verify_tokens_before_the_keys_are_loaded() {
+        // Port 9 (discard) is closed here: auth not up yet.
+        let unreachable =
+            JwtVerifier::from_jwks_url("http://127.0.0.1:9/.well-known/jwks.json", &JwtClaimArgs::default());
+        let err = Readiness::default().with_keys(unreachable).check().await.expect_err("not ready");
+        assert!(err.starts_with("signing keys:"), "{err}");
+
+        let signer = JwtSigner::generate().expect("key");
+        let loaded = signer.verifier(&JwtClaimArgs::default());
+        assert_eq!(Readiness::default().with_keys(loaded).check().await, Ok(()));
+    }
 }

@@ -213,6 +213,19 @@ impl JwtVerifier {
         Ok(data.claims)
     }
 
+    /// Ready to verify: keys at hand, or fetched now. Once keys are loaded this
+    /// stays true while auth is away (the keys in memory keep working).
+    pub async fn ensure_keys(&self) -> Result<(), String> {
+        if !self.inner.keys.read().await.is_empty() {
+            return Ok(());
+        }
+        self.refresh().await.map_err(|e| e.to_string())?;
+        if self.inner.keys.read().await.is_empty() {
+            return Err("no signing keys yet".into());
+        }
+        Ok(())
+    }
+
     async fn refresh(&self) -> Result<(), TokenError> {
         let Some((url, client)) = &self.inner.jwks else {
             return Ok(());

@@ -26,7 +26,11 @@ pub fn router(state: AppState) -> Router {
     let info = ServiceInfo::new(
         crate::SERVICE_NAME,
         state.metrics.clone(),
-        payflow_common::health::Readiness { db: None, redis: Some(state.redis.clone()) },
+        payflow_common::health::Readiness {
+            redis: Some(state.redis.clone()),
+            keys: Some(state.verifier.clone()),
+            ..Default::default()
+        },
     )
     .with_cors(cors(&state.cors_origins));
 

@@ -16,7 +16,11 @@ use crate::state::AppState;
 use crate::store::{self, MarkRead};
 
 pub fn router(state: AppState) -> Router {
-    let info = ServiceInfo::new(crate::SERVICE_NAME, state.metrics.clone(), Readiness::postgres(state.pool.clone()));
+    let info = ServiceInfo::new(
+        crate::SERVICE_NAME,
+        state.metrics.clone(),
+        Readiness::postgres(state.pool.clone()).with_keys(state.verifier.clone()),
+    );
     let api = Router::new()
         .route("/api/notifications/{user_id}", get(list))
         .route("/api/notifications/{id}/read", put(mark_read))

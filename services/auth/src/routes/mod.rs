@@ -27,7 +27,7 @@ const VERIFY_LEEWAY_SECS: i64 = 5;
 
 /// All auth routes with the common layers (health, metrics, errors, ids).
 pub fn router(state: AppState) -> Router {
-    let readiness = Readiness { db: Some(state.pool.clone()), redis: Some(state.redis.clone()) };
+    let readiness = Readiness { db: Some(state.pool.clone()), redis: Some(state.redis.clone()), keys: None };
     // One registry for the HTTP metrics and the auth counters.
     let info = ServiceInfo::new(SERVICE_NAME, state.metrics.clone(), readiness);
     let routes = Router::new()

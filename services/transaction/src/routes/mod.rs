@@ -11,7 +11,11 @@ use payflow_common::server::{with_common_layers, ServiceInfo};
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
-    let info = ServiceInfo::new(crate::SERVICE_NAME, state.metrics.clone(), Readiness::postgres(state.pool.clone()));
+    let info = ServiceInfo::new(
+        crate::SERVICE_NAME,
+        state.metrics.clone(),
+        Readiness::postgres(state.pool.clone()).with_keys(state.verifier.clone()),
+    );
     let api = Router::new()
         .route("/api/transactions", get(read::list).post(create::create))
         .route("/api/transactions/{id}", get(read::get_one))

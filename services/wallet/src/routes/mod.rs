@@ -14,7 +14,11 @@ use payflow_common::service_token;
 use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
-    let info = ServiceInfo::new(crate::SERVICE_NAME, state.metrics.clone(), Readiness::postgres(state.pool.clone()));
+    let info = ServiceInfo::new(
+        crate::SERVICE_NAME,
+        state.metrics.clone(),
+        Readiness::postgres(state.pool.clone()).with_keys(state.verifier.clone()),
+    );
     let internal = Router::new()
         .route("/internal/wallets", post(internal::create_wallet))
         .route("/internal/wallets/{user_id}", get(internal::get_wallet))
