@@ -78,6 +78,8 @@ fn cors(origins: &[String]) -> CorsLayer {
             header::RETRY_AFTER,
             header::HeaderName::from_static("idempotent-replayed"),
             header::HeaderName::from_static("x-correlation-id"),
+            // The transaction list's next page, for browser clients paging by cursor.
+            header::HeaderName::from_static("x-next-cursor"),
         ])
         .allow_credentials(true)
         .max_age(std::time::Duration::from_secs(600))

@@ -86,5 +86,9 @@ async fn cors_preflight_allows_configured_origins_only() {
 
     let res = s.http.get(s.url("/health")).header("origin", "http://localhost:8080").send().await.expect("get");
     assert_eq!(res.headers()["access-control-allow-origin"], "http://localhost:8080");
+    let exposed = res.headers()["access-control-expose-headers"].to_str().expect("ascii").to_lowercase();
+    for h in ["retry-after", "idempotent-replayed", "x-correlation-id", "x-next-cursor"] {
+        assert!(exposed.contains(h), "{h} not exposed: {exposed}");
+    }
     let _ = json!({});
 }
