@@ -43,7 +43,8 @@ impl ServiceInfo {
 
 /// Adds health/metrics routes, JSON 404/405, a request timeout, panic
 /// recovery, metrics, CORS when configured and correlation ids (outermost,
-/// so every answer has one, CORS preflights included).
+/// so every answer has one, CORS preflights included). Requests that change
+/// something run to completion (innermost, so not even the timeout cuts them).
 pub fn with_common_layers(router: Router, info: &ServiceInfo) -> Router {
     let timeout = info.request_timeout;
     let router = router
@@ -52,6 +53,7 @@ pub fn with_common_layers(router: Router, info: &ServiceInfo) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed")
         })
+        .layer(middleware::from_fn(run_to_completion))
         .layer(middleware::from_fn(move |req: Request, next: Next| request_timeout(timeout, req, next)))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::internal("handler panicked").into_response()
@@ -62,6 +64,24 @@ pub fn with_common_layers(router: Router, info: &ServiceInfo) -> Router {
         None => router,
     };
     router.layer(middleware::from_fn(crate::correlation::middleware))
+}
+
+/// A handler future is dropped when its client goes away or the timeout
+/// answers first, which would stop a multi-step write between two steps (a
+/// transfer recorded and held but never enqueued). Writes therefore run on
+/// their own task: the answer may be lost, the work is not; a retry with the
+/// same Idempotency-Key gets it. Reads stay cancellable.
+async fn run_to_completion(req: Request, next: Next) -> Response {
+    if req.method().is_safe() {
+        return next.run(req).await;
+    }
+    match tokio::spawn(next.run(req)).await {
+        Ok(res) => res,
+        Err(e) => {
+            tracing::error!(error = %e, "request task failed");
+            ApiError::internal("handler panicked").into_response()
+        }
+    }
 }
 
 async fn request_timeout(limit: Duration, req: Request, next: Next) -> Response {

@@ -46,6 +46,8 @@ pub struct Options {
     pub pending_timeout_secs: u64,
     /// Reach RabbitMQ through this URL instead (a proxy the test controls).
     pub amqp_url: Option<String>,
+    /// The gateway's upstream timeout, when a test needs it to give up early.
+    pub upstream_timeout_ms: Option<u64>,
 }
 
 impl Default for Options {
@@ -62,6 +64,7 @@ impl Default for Options {
             relay: true,
             pending_timeout_secs: 60,
             amqp_url: None,
+            upstream_timeout_ms: None,
         }
     }
 }
@@ -181,6 +184,9 @@ impl Stack {
         ];
         if !o.trusted_proxies.is_empty() {
             gateway_flags.push(("trusted-proxies", o.trusted_proxies.clone()));
+        }
+        if let Some(ms) = o.upstream_timeout_ms {
+            gateway_flags.push(("upstream-timeout-ms", ms.to_string()));
         }
         let gateway_cfg: payflow_gateway::Config = component(&gateway_flags);
 

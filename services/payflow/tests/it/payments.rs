@@ -370,3 +370,41 @@ async fn the_reversal_racing_a_worker_settles_each_transaction_once() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// A caller that gives up mid-request (here the gateway, at its upstream
+/// timeout, which drops the connection as a vanished client does) must not stop
+/// the transfer between its steps: it is recorded, held, enqueued and settled
+/// all the same, and a retry with the key gets the stored answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_mid_request_still_gets_its_transfer_settled() {
+    let s = Stack::start_with(Options { upstream_timeout_ms: Some(2_000), ..Options::default() }).await;
+    let (a, b) = (s.register().await, s.register().await);
+    let alice = Uuid::parse_str(&a.id).expect("user id");
+    let key = format!("gives-up-{}", Uuid::new_v4());
+
+    // Alice's account row locked: her hold waits behind it until the gateway has given up.
+    let mut lock = s.pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM wallet.accounts WHERE user_id = $1 FOR UPDATE")
+        .bind(alice)
+        .execute(&mut *lock)
+        .await
+        .expect("lock the account");
+    let first = send(&s, &a, &b.id, json!("3.00"), Some(&key)).await;
+    assert_eq!(first.status, 503, "the gateway gave up: {first:?}");
+    lock.rollback().await.expect("unlock");
+
+    let id: Uuid =
+        sqlx::query_scalar("SELECT transaction_id FROM txn.idempotency_keys WHERE user_id = $1 AND key = $2")
+            .bind(alice)
+            .bind(&key)
+            .fetch_one(&s.pool)
+            .await
+            .expect("the transaction was recorded under the key");
+    wait_final(&s, &[id], Duration::from_secs(15)).await;
+    assert_eq!(count_completed(&s, &[id]).await, 1, "settled, not left to the reversal");
+    assert_invariants(&s, &[id]).await;
+    let (_, w) = get(&s, &format!("/api/wallets/{}", a.id), &a.access).await;
+    assert_eq!((w["balance"].as_str(), w["available_balance"].as_str()), (Some("997.00"), Some("997.00")), "{w}");
+    let retry = send(&s, &a, &b.id, json!("3.00"), Some(&key)).await;
+    assert_eq!((retry.status, retry.replayed, id_of(&retry)), (201, true, id), "{retry:?}");
+}

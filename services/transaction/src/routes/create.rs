@@ -9,7 +9,8 @@
 //! A crash after 1 or 2 leaves a PENDING transaction without a message. A retry
 //! with the same Idempotency-Key, once the record is 30 s old, takes it over and
 //! finishes steps 2 and 3; otherwise the reversal voids its hold (or records a
-//! void of an id wallet never saw) and fails it.
+//! void of an id wallet never saw) and fails it. A caller that goes away stops
+//! nothing: writes run to completion (`payflow_common::server`).
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
