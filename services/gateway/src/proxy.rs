@@ -39,11 +39,12 @@ pub async fn send(state: &AppState, upstream: &Upstream, parts: &Parts, body: By
     let outcome = |o: &str| state.gateway_metrics.upstream_requests.with_label_values(&[upstream.name, o]).inc();
     if !upstream.breaker.allow() {
         outcome("breaker_open");
-        return unavailable(upstream);
+        return unavailable(upstream, false, false);
     }
     let client_ip = parts.extensions.get::<ClientIp>().map(|c| c.0);
     let correlation = parts.extensions.get::<CorrelationId>().cloned();
     let method = parts.method.clone();
+    let writes = !method.is_safe();
     let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let headers = &parts.headers;
 
@@ -66,7 +67,9 @@ pub async fn send(state: &AppState, upstream: &Upstream, parts: &Parts, body: By
             let timed_out = e.is_timeout();
             outcome(if timed_out { "timeout" } else { "error" });
             tracing::warn!(upstream = upstream.name, error = %e, "upstream call failed");
-            return unavailable(upstream);
+            // A failed connect sent nothing: plainly unavailable, whatever the method.
+            let sent = !e.is_connect();
+            return unavailable(upstream, sent && timed_out, sent && writes);
         }
     };
     let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -90,14 +93,28 @@ pub async fn send(state: &AppState, upstream: &Upstream, parts: &Parts, body: By
         Err(e) => {
             upstream.breaker.record_failure();
             tracing::warn!(upstream = upstream.name, error = %e, "upstream body failed");
-            unavailable(upstream)
+            unavailable(upstream, false, writes)
         }
     }
 }
 
-fn unavailable(upstream: &Upstream) -> Response {
-    ApiError::unavailable("Service temporarily unavailable")
-        .with_code("upstream_unavailable")
+/// The answer to a call that got none. `maybe_done`: a write reached the
+/// upstream, which finishes writes whoever waits for them, so the client must
+/// not take this for a refusal.
+fn unavailable(upstream: &Upstream, timed_out: bool, maybe_done: bool) -> Response {
+    let (status, code, message) = if timed_out {
+        (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "Service did not answer in time")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable", "Service temporarily unavailable")
+    };
+    let message = if maybe_done {
+        format!(
+            "{message}; the request may have been carried out: retry with the same Idempotency-Key to get its outcome"
+        )
+    } else {
+        message.to_string()
+    };
+    ApiError::new(status, code, message)
         .with_details(vec![payflow_common::error::FieldError::new("service", upstream.name)])
         .into_response()
 }

@@ -390,7 +390,8 @@ async fn a_caller_that_gives_up_mid_request_still_gets_its_transfer_settled() {
         .await
         .expect("lock the account");
     let first = send(&s, &a, &b.id, json!("3.00"), Some(&key)).await;
-    assert_eq!(first.status, 503, "the gateway gave up: {first:?}");
+    assert_eq!((first.status, first.body["code"].as_str()), (504, Some("upstream_timeout")), "gave up: {first:?}");
+    assert!(first.body["error"].as_str().is_some_and(|m| m.contains("Idempotency-Key")), "{first:?}");
     lock.rollback().await.expect("unlock");
 
     let id: Uuid =
