@@ -95,13 +95,17 @@ pub fn http_means(before: &Scrape, after: &Scrape) -> Vec<(String, f64, f64)> {
     out
 }
 
-/// CPU time of this machine's processes, grouped by name (`/proc`, Linux only).
+/// CPU time of this machine's processes (`/proc`, Linux only).
 #[derive(Default, Clone)]
 pub struct Cpu {
     /// All CPUs' ticks (busy and idle) in `/proc/stat`.
     total: u64,
     idle: u64,
-    by_name: HashMap<String, u64>,
+    /// Ticks and name per process, keyed by pid and start time. Keyed by
+    /// process, not by name: a kernel worker renames itself after the queue it
+    /// serves (`kworker/u8:3-writeback`, then `-events_unbound`), and a
+    /// name-keyed delta counted such a thread's whole life into one level.
+    by_process: HashMap<(u32, u64), (String, u64)>,
 }
 
 pub fn cpu() -> Cpu {
@@ -115,16 +119,24 @@ pub fn cpu() -> Cpu {
     }
     let Ok(dir) = std::fs::read_dir("/proc") else { return c };
     for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
         let Ok(text) = std::fs::read_to_string(e.path().join("stat")) else { continue };
-        // pid (comm) state ... utime stime are fields 14 and 15; comm may hold spaces.
+        // pid (comm) state ... utime, stime and starttime are fields 14, 15 and 22; comm may hold spaces.
         let (Some(open), Some(close)) = (text.find('('), text.rfind(')')) else { continue };
-        let name = &text[open + 1..close];
+        let name = process_name(&text[open + 1..close]);
         let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
-        let ticks = rest.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + rest.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        *c.by_name.entry(name.to_string()).or_default() += ticks;
+        let field = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        c.by_process.insert((pid, field(19)), (name, field(11) + field(12)));
     }
     c
+}
+
+/// A kernel worker's name without the queue it serves at the moment.
+fn process_name(comm: &str) -> String {
+    match comm.split_once('-') {
+        Some((worker, _)) if comm.starts_with("kworker/") => worker.to_string(),
+        _ => comm.to_string(),
+    }
 }
 
 /// Cores used per process name between two snapshots (busiest first), and idle cores.
@@ -134,10 +146,14 @@ pub fn cpu_usage(before: &Cpu, after: &Cpu) -> (Vec<(String, f64)>, f64) {
     if total <= 0.0 {
         return (Vec::new(), 0.0);
     }
-    let mut v: Vec<(String, f64)> = after
-        .by_name
-        .iter()
-        .map(|(k, t)| (k.clone(), t.saturating_sub(before.by_name.get(k).copied().unwrap_or(0)) as f64 / total * cores))
+    let mut by_name: HashMap<&str, u64> = HashMap::new();
+    for (key, (name, ticks)) in &after.by_process {
+        let earlier = before.by_process.get(key).map_or(0, |(_, t)| *t);
+        *by_name.entry(name).or_default() += ticks.saturating_sub(earlier);
+    }
+    let mut v: Vec<(String, f64)> = by_name
+        .into_iter()
+        .map(|(k, t)| (k.to_string(), t as f64 / total * cores))
         .filter(|(_, c)| *c >= 0.01)
         .collect();
     v.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -297,6 +313,26 @@ pub async fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_worker_is_named_without_its_current_queue() {
+        assert_eq!(process_name("kworker/u8:3-writeback"), "kworker/u8:3");
+        assert_eq!(process_name("kworker/1:1H-kblockd"), "kworker/1:1H");
+        assert_eq!(process_name("payflow-bench"), "payflow-bench");
+    }
+
+    #[test]
+    fn a_process_counts_only_what_it_used_between_the_snapshots_whatever_its_name() {
+        let snap = |name: &str, ticks: u64| Cpu {
+            total: ticks * 10,
+            idle: 0,
+            by_process: HashMap::from([((7, 1), (name.to_string(), ticks))]),
+        };
+        let (used, _) = cpu_usage(&snap("kworker/u8:3", 900), &snap("kworker/u8:3", 1000));
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        assert_eq!(used.len(), 1);
+        assert!((used[0].1 - 100.0 / 1000.0 * cores).abs() < 1e-9, "{used:?}");
+    }
 
     #[test]
     fn series_are_parsed() {
