@@ -16,6 +16,8 @@
 #   --workers N        client threads sending money (default 16)
 #   --think LO,HI      seconds a client pauses between transfers (default 0.05,0.2)
 #   --big-p P          share of 200.00-900.00 transfers, some refused (default 0)
+#   --give-up-p P      share of transfers whose first request disconnects after
+#                      2-30 ms, then retries with its key (default 0.05)
 #   --reg-churn        also register new users during the chaos
 #   --dry-run          check the options, print the plan and exit (no build)
 #   -h, --help         this text

@@ -317,12 +317,21 @@ def send_until_definitive(users, rec, sender, tag, max_secs=150):
     """POST the same key and body until 201 or a definitive 4xx; record every attempt."""
     start = time.time()
     backoff = 0.25
+    # Some first attempts give up after 2-30 ms and disconnect, as an impatient
+    # mobile client does: the server must finish what it started, and the retry
+    # must get its outcome.
+    give_up = random.random() < CFG["give_up_p"]
     while True:
         tok = sender["token"]
         a = {"t": now(), "who": tag}
+        timeout = 20
+        if give_up:
+            timeout, give_up = random.uniform(0.002, 0.03), False
+            a["gave_up_after_s"] = round(timeout, 4)
         try:
             st, hdr, data = http_call("POST", "/api/transactions", rec["body"],
-                                      {"Authorization": f"Bearer {tok}", "Idempotency-Key": rec["key"]})
+                                      {"Authorization": f"Bearer {tok}", "Idempotency-Key": rec["key"]},
+                                      timeout=timeout)
             a["status"] = st
             a["replayed"] = hdr.get("idempotent-replayed") == "true"
             try:
@@ -348,7 +357,7 @@ def send_until_definitive(users, rec, sender, tag, max_secs=150):
         backoff = min(backoff * 2, 4.0)
 
 
-CFG = {"think": (0.05, 0.2), "big_p": 0.0, "plan": DEFAULT_PLAN.split(",")}
+CFG = {"think": (0.05, 0.2), "big_p": 0.0, "give_up_p": 0.05, "plan": DEFAULT_PLAN.split(",")}
 
 
 def logical_transfer(users, recorder, a, b, concurrent_dup=False, resend_p=0.2):
@@ -783,9 +792,13 @@ def check(rundir):
     moved_without_201, key_row_bad = [], []
     attempts = retries = conn_err = n5xx = n409 = replays = 0
     status_hist = {}
+    gave_up = {}  # final status of the transfers whose first request gave up
     for r in transfers:
         at = r["attempts"]
         attempts += len(at)
+        if at and "gave_up_after_s" in at[0]:
+            final = [t["status"] for t in by_desc.get(r["key"], [])] or ["none"]
+            gave_up[final[0]] = gave_up.get(final[0], 0) + 1
         for a in at:
             s = a.get("status", "conn")
             status_hist[str(s)] = status_hist.get(str(s), 0) + 1
@@ -832,7 +845,8 @@ def check(rundir):
     R["client"] = {"logical_transfers": len(transfers), "with_201": len(got201),
                    "definitive_4xx_only": len(never201), "undetermined": len(undetermined),
                    "http_attempts": attempts, "retries": retries, "conn_errors": conn_err, "5xx": n5xx,
-                   "409": n409, "replayed_answers": replays, "status_histogram": status_hist}
+                   "409": n409, "replayed_answers": replays, "gave_up_first_request": gave_up,
+                   "status_histogram": status_hist}
     log("client:", json.dumps(R["client"]))
     res("every 201 answer of a key names the same transaction id", not multi_ids, bad=multi_ids[:20])
     res("exactly one transaction per (sender, key) that got a 201", not dup_tx and not id_mismatch,
@@ -1058,10 +1072,11 @@ def cmd_run(args):
         plan = [p for p in plan if not p.startswith("rabbit")]
     CFG["think"] = args.think
     CFG["big_p"] = args.big_p
+    CFG["give_up_p"] = args.give_up_p
     CFG["plan"] = plan
     if args.dry_run:
         print(f"users {args.users}, workers {args.workers}, think {args.think[0]}-{args.think[1]} s, "
-              f"big-p {args.big_p}, reg-churn {'on' if args.reg_churn else 'off'}")
+              f"big-p {args.big_p}, give-up-p {args.give_up_p}, reg-churn {'on' if args.reg_churn else 'off'}")
         print(f"plan ({len(plan)} steps): {','.join(plan)}")
         return 0
     preflight(args, plan)
@@ -1072,7 +1087,7 @@ def cmd_run(args):
     log("run dir", rundir)
     log(f"plan ({len(plan)} steps): {','.join(plan)}")
     dump(rundir, "options.json", {"users": args.users, "workers": args.workers, "think": args.think,
-                                  "big_p": args.big_p, "reg_churn": args.reg_churn, "plan": plan, "bin": BIN})
+                                  "big_p": args.big_p, "give_up_p": args.give_up_p, "reg_churn": args.reg_churn, "plan": plan, "bin": BIN})
     sup = Supervisor(rundir)
     try:
         results = experiment(args, sup, rundir, tag, plan)
@@ -1245,6 +1260,9 @@ def parser():
     r.add_argument("--big-p", type=prob_arg, default=0.0, metavar="P",
                    help="probability that a transfer is 200.00-900.00 instead of 0.01-25.00, so some are "
                         "refused for insufficient funds (default 0)")
+    r.add_argument("--give-up-p", type=prob_arg, default=0.05, metavar="P",
+                   help="probability that a transfer's first request gives up after 2-30 ms and "
+                        "disconnects, then retries with its key (default 0.05)")
     r.add_argument("--reg-churn", action="store_true",
                    help="also register a new user every ~1.5 s during the chaos (adds the registration check)")
     r.add_argument("--dry-run", action="store_true", help="check the options, print the plan and exit")
