@@ -2,7 +2,7 @@
 # Project-local stack of real servers (Postgres, Redis, optionally RabbitMQ)
 # for running and testing PayFlow without Docker or systemd.
 #
-# Usage: scripts/stack.sh start|stop|env|restart-rabbitmq run|test
+# Usage: scripts/stack.sh start|stop|env|restart-rabbitmq|crash-postgres|restart-redis run|test
 #
 #   start NAME  start the NAME stack (idempotent; `test` always starts from
 #               empty data, `run` keeps its data between runs)
@@ -10,6 +10,11 @@
 #   env NAME    print `export` lines with the connection URLs
 #   restart-rabbitmq NAME  stop and start the stack's RabbitMQ node (its
 #               durable queues and persistent messages survive; crash tests)
+#   crash-postgres NAME    stop the stack's Postgres as a crash does (`pg_ctl stop
+#               -m immediate`: no checkpoint, open sessions cut) and start it again
+#               (it recovers from its WAL); chaos experiments
+#   restart-redis NAME     stop and start the stack's Redis (it keeps no data, so
+#               everything in it is gone); chaos experiments
 #
 # Environment:
 #   PAYFLOW_STACK_RABBITMQ=0  do not run RabbitMQ (default 1: the services need it)
@@ -493,6 +498,27 @@ cmd_restart_rabbitmq() {
     log "rabbitmq of stack '$STACK' restarted in $(elapsed_since "$t0")s"
 }
 
+cmd_crash_postgres() {
+    lock_stack
+    local t0
+    t0="$(now_us)"
+    if pg_running; then
+        log "postgres: crashing it (pg_ctl stop -m immediate)"
+        pg_as_user "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m immediate -t "$TIMEOUT" stop >/dev/null
+    fi
+    pg_start
+    log "postgres of stack '$STACK' crashed and restarted in $(elapsed_since "$t0")s"
+}
+
+cmd_restart_redis() {
+    lock_stack
+    local t0
+    t0="$(now_us)"
+    redis_stop
+    redis_start
+    log "redis of stack '$STACK' restarted in $(elapsed_since "$t0")s"
+}
+
 cmd_env() {
     local -a vars=(
         "DATABASE_URL=postgres://payflow:payflow@127.0.0.1:$PG_PORT/payflow"
@@ -530,6 +556,8 @@ main() {
         stop) cmd_stop ;;
         env) cmd_env ;;
         restart-rabbitmq) cmd_restart_rabbitmq ;;
+        crash-postgres) cmd_crash_postgres ;;
+        restart-redis) cmd_restart_redis ;;
         *) usage >&2; die "unknown command '$1'" ;;
     esac
 }

@@ -38,7 +38,7 @@ PORTS = [int(os.environ.get(f"PAYFLOW_{c}_PORT", d)) for c, d in
           ("AUTH", 3004), ("WORKER", 3005))]
 GW = ("127.0.0.1", PORTS[0])
 SIGNUP = 100000  # 1000.00 in cents
-RABBIT_STACK = "run"  # the stack whose RabbitMQ the rabbit steps restart
+RABBIT_STACK = "run"  # the stack whose servers the rabbit, pgcrash and redisrestart steps restart
 T0 = time.time()
 
 # Set by main() from the options and the environment.
@@ -78,7 +78,14 @@ STEPS = {
               "is restarted if it exits",
     "rabbitkill": "restart RabbitMQ; 2-4 s into it kill -9 payflow and restart it while the broker is "
                   "still down",
+    "pgcrash": f"crash Postgres under load (scripts/stack.sh crash-postgres {RABBIT_STACK}: stop -m immediate, "
+               "start, WAL recovery); payflow keeps running and must reconnect",
+    "redisrestart": f"stop and start Redis under load (scripts/stack.sh restart-redis {RABBIT_STACK}; its data "
+                    "is gone); payflow keeps running and must reconnect",
 }
+# The steps that restart a server of the stack, and the stack.sh command for it.
+SERVER_STEPS = {"rabbit": "restart-rabbitmq", "rabbitkill": "restart-rabbitmq", "pgcrash": "crash-postgres",
+                "redisrestart": "restart-redis"}
 DEFAULT_PLAN = "random,random,burst,random,startup,random,rabbit,random,random,burst,random"
 QUICK_PLAN = "random,burst,startup,redisflush,fault:transaction-after-hold,random"
 
@@ -496,11 +503,15 @@ def stack_script(*args):
 def restart_rabbitmq():
     """scripts/stack.sh restart-rabbitmq; not cut short by an interrupt (a
     broker left half restarted would outlive this script)."""
-    return subprocess.Popen(stack_script("restart-rabbitmq", RABBIT_STACK), stdout=subprocess.PIPE,
+    return restart_server("restart-rabbitmq")
+
+
+def restart_server(command):
+    return subprocess.Popen(stack_script(command, RABBIT_STACK), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT)
 
 
-def finish_rabbitmq(rp):
+def finish_restart(rp):
     try:
         return rp.communicate()[0]
     except BaseException:
@@ -635,13 +646,14 @@ def chaos(sup, load, plan):
                 with sup.lock:
                     sup.expected_down = False
             finally:
-                out = finish_rabbitmq(rp)
+                out = finish_restart(rp)
             sup.ev("rabbit-restart-end", rc=rp.returncode, out=out[-300:])
-        elif step == "rabbit":
-            sup.ev("rabbit-restart-begin")
-            rp = restart_rabbitmq()
-            out = finish_rabbitmq(rp)
-            sup.ev("rabbit-restart-end", rc=rp.returncode, out=out[-300:])
+        elif step in ("rabbit", "pgcrash", "redisrestart"):
+            name = {"rabbit": "rabbit-restart", "pgcrash": "postgres-crash", "redisrestart": "redis-restart"}[step]
+            sup.ev(f"{name}-begin")
+            rp = restart_server(SERVER_STEPS[step])
+            out = finish_restart(rp)
+            sup.ev(f"{name}-end", rc=rp.returncode, out=out[-300:])
             # the watcher restarts payflow if it exited; wait for readiness
             time.sleep(2)
             sup.wait_ready(90)
@@ -1044,12 +1056,13 @@ def preflight(args, plan):
     if busy:
         raise SetupError(f"port(s) {', '.join(map(str, busy))} in use: another payflow (scripts/run.sh?) "
                          "would answer our requests; stop it first (scripts/run.sh stop)")
-    if any(s.startswith("rabbit") for s in plan):
+    if any(s in SERVER_STEPS for s in plan):
         r = subprocess.run(stack_script("env", RABBIT_STACK), capture_output=True, text=True,
                            env=dict(os.environ, PAYFLOW_STACK_RABBITMQ="1"))
-        if f"PAYFLOW_AMQP_URL='{os.environ['PAYFLOW_AMQP_URL']}'" not in r.stdout:
-            raise SetupError(f"the rabbit steps restart the {RABBIT_STACK} stack's RabbitMQ, but PAYFLOW_AMQP_URL "
-                             "points elsewhere; use --no-rabbit")
+        for var in ("PAYFLOW_AMQP_URL", "PAYFLOW_DATABASE_URL", "PAYFLOW_REDIS_URL"):
+            if f"{var}='{os.environ[var]}'" not in r.stdout:
+                raise SetupError(f"the steps {', '.join(SERVER_STEPS)} restart servers of the {RABBIT_STACK} "
+                                 f"stack, but {var} points elsewhere")
 
 
 def new_rundir():

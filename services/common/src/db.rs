@@ -80,3 +80,36 @@ pub async fn migrate_schema(pool: &PgPool, schema: &str, migrator: &Migrator) ->
     let _ = conn.close().await;
     result
 }
+
+/// Errors that say "try again later" rather than "this will never work": the
+/// connection or the server went away, resources ran out, or a concurrent
+/// transaction won (serialization failure, deadlock).
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            // 08: connection exception; 53: insufficient resources;
+            // 57P0x: server shutting down; 40001/40P01: serialization, deadlock.
+            c.starts_with("08") || c.starts_with("53") || c.starts_with("57P0") || c == "40001" || c == "40P01"
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_errors() {
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::Io(std::io::Error::other("x"))));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+        assert!(!is_transient(&sqlx::Error::ColumnNotFound("x".into())));
+    }
+}

@@ -143,15 +143,28 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
-            sqlx::Error::PoolTimedOut => {
-                tracing::warn!(error = %e, "database pool exhausted");
-                Self::unavailable("Service temporarily unavailable")
-            }
-            _ => Self::internal(e),
+        // A lost connection or a restarting server is worth a retry: 503, not 500.
+        if crate::db::is_transient(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            return Self::unavailable("Service temporarily unavailable, please retry")
+                .with_code("database_unavailable");
         }
+        Self::internal(e)
     }
 }
 
 /// `Result` for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_database_connection_is_a_503_and_a_bad_query_a_500() {
+        let lost = ApiError::from(sqlx::Error::Io(std::io::Error::other("connection reset")));
+        assert_eq!((lost.status, lost.code), (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"));
+        let bug = ApiError::from(sqlx::Error::ColumnNotFound("x".into()));
+        assert_eq!(bug.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

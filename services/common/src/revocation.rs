@@ -20,11 +20,11 @@ impl RevocationList {
 
     pub async fn revoke(&self, jti: &str, ttl_secs: u64) -> redis::RedisResult<()> {
         let mut conn = self.redis.clone();
-        conn.set_ex::<_, _, ()>(key(jti), 1, ttl_secs.max(1)).await
+        crate::redis_conn::bounded(conn.set_ex::<_, _, ()>(key(jti), 1, ttl_secs.max(1))).await
     }
 
     pub async fn is_revoked(&self, jti: &str) -> redis::RedisResult<bool> {
         let mut conn = self.redis.clone();
-        conn.exists(key(jti)).await
+        crate::redis_conn::bounded(conn.exists(key(jti))).await
     }
 }

@@ -48,7 +48,7 @@ pub struct UpstreamArgs {
     /// Time limit for one upstream call, in milliseconds.
     #[arg(long = "upstream-timeout-ms", env = "PAYFLOW_UPSTREAM_TIMEOUT_MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
-    /// Consecutive failures that open an upstream's circuit breaker.
+    /// Consecutive failures (connection errors, timeouts; not 5xx answers) that open an upstream's circuit breaker.
     #[arg(long = "breaker-failures", env = "PAYFLOW_BREAKER_FAILURES", default_value_t = 5)]
     pub breaker_failures: u32,
     /// Seconds an open breaker waits before letting one trial request through.

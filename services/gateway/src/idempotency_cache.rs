@@ -3,6 +3,7 @@
 //! Postgres (in the transaction service) stays the source of truth: a miss, a
 //! different body, or Redis being down just forwards the request.
 
+use payflow_common::redis_conn::bounded;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -28,7 +29,7 @@ pub fn body_hash(body: &[u8]) -> String {
 
 pub async fn get(redis: &redis::aio::ConnectionManager, user: &str, idempotency_key: &str) -> Option<Cached> {
     let mut conn = redis.clone();
-    let raw: Option<String> = match conn.get(key(user, idempotency_key)).await {
+    let raw: Option<String> = match bounded(conn.get(key(user, idempotency_key))).await {
         Ok(v) => v,
         Err(e) => {
             tracing::debug!(error = %e, "idempotency cache unavailable");
@@ -41,7 +42,7 @@ pub async fn get(redis: &redis::aio::ConnectionManager, user: &str, idempotency_
 pub async fn put(redis: &redis::aio::ConnectionManager, user: &str, idempotency_key: &str, value: &Cached) {
     let Ok(text) = serde_json::to_string(value) else { return };
     let mut conn = redis.clone();
-    if let Err(e) = conn.set_ex::<_, _, ()>(key(user, idempotency_key), text, TTL_SECS).await {
+    if let Err(e) = bounded(conn.set_ex::<_, _, ()>(key(user, idempotency_key), text, TTL_SECS)).await {
         tracing::debug!(error = %e, "idempotency cache write failed");
     }
 }

@@ -26,6 +26,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use lapin::Connection;
+use payflow_common::db::is_transient;
 use payflow_messaging::{Incoming, Topology};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -313,24 +314,6 @@ async fn store_events(
     }
 }
 
-/// Errors that say "try again later" rather than "this will never work".
-fn is_transient(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            // 08: connection exception; 53: insufficient resources;
-            // 57P0x: server shutting down; 40001/40P01: serialization, deadlock.
-            c.starts_with("08") || c.starts_with("53") || c.starts_with("57P0") || c == "40001" || c == "40P01"
-        }),
-        _ => false,
-    }
-}
-
 /// A correlation id fit for logs and headers: 1-128 visible ASCII characters.
 fn sane_correlation_id(raw: &str) -> Option<String> {
     (!raw.is_empty() && raw.len() <= 128 && raw.bytes().all(|b| b.is_ascii_graphic())).then(|| raw.to_string())
@@ -377,13 +360,5 @@ mod tests {
         assert_eq!(sane_correlation_id("a b"), None);
         assert_eq!(sane_correlation_id("a\r\nb"), None);
         assert_eq!(sane_correlation_id(&"x".repeat(129)), None);
-    }
-
-    #[test]
-    fn transient_errors() {
-        assert!(is_transient(&sqlx::Error::PoolTimedOut));
-        assert!(is_transient(&sqlx::Error::Io(std::io::Error::other("x"))));
-        assert!(!is_transient(&sqlx::Error::RowNotFound));
-        assert!(!is_transient(&sqlx::Error::ColumnNotFound("x".into())));
     }
 }

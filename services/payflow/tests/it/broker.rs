@@ -1,64 +1,18 @@
 //! The broker goes away while requests keep arriving: sends are still
 //! accepted (the outbox holds their messages) and settle once it is back.
 //!
-//! The outage is made by a TCP proxy that this test owns, so it cuts only this
-//! stack's connections and the other tests, sharing the same RabbitMQ, go on.
+//! The outage is made by a TCP proxy that this test owns (`crate::proxy`), so it
+//! cuts only this stack's connections and the other tests, sharing the same
+//! RabbitMQ, go on.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::harness::{amqp_url, Options, Stack};
 use crate::payments::{assert_invariants, send, wait_final};
-
-/// Forwards connections to `upstream` until cut; a cut closes every open
-/// connection and refuses new ones until restored.
-struct Proxy {
-    addr: std::net::SocketAddr,
-    up: Arc<AtomicBool>,
-    generation: watch::Sender<u64>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let up = Arc::new(AtomicBool::new(true));
-        let (generation, _) = watch::channel(0u64);
-        let (flag, gen) = (up.clone(), generation.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !flag.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection is refused at once
-                }
-                let upstream = upstream.clone();
-                let mut cut = gen.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Self { addr, up, generation }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
+use crate::proxy::Proxy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_are_accepted_while_the_broker_is_away_and_settle_when_it_returns() {

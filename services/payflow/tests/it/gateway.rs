@@ -2,7 +2,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{get, Options, Stack};
+use crate::harness::{get, redis_url, Options, Stack};
+use crate::proxy::Proxy;
 
 #[tokio::test]
 async fn rate_limits_answer_429_with_retry_after_per_client_address() {
@@ -91,4 +92,38 @@ async fn cors_preflight_allows_configured_origins_only() {
         assert!(exposed.contains(h), "{h} not exposed: {exposed}");
     }
     let _ = json!({});
+}
+
+/// Redis goes away and comes back, as in a restart: no request hangs on it
+/// (revocations fail closed, at once), and the gateway uses it again within
+/// seconds of its return. The reconnect backoff of the Redis client once made
+/// a 2 s restart cost two minutes of 504s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_costs_a_bounded_wait_and_ends_when_redis_returns() {
+    let url = reqwest::Url::parse(&redis_url()).expect("redis url");
+    let proxy = Proxy::start(format!("{}:{}", url.host_str().expect("host"), url.port().unwrap_or(6379))).await;
+    let s =
+        Stack::start_with(Options { redis_url: Some(format!("redis://{}", proxy.addr)), ..Default::default() }).await;
+    let a = s.register().await;
+    let path = format!("/api/wallets/{}", a.id);
+    assert_eq!(get(&s, &path, &a.access).await.0, 200);
+
+    proxy.cut();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, body) = get(&s, &path, &a.access).await;
+        assert_eq!(status, 503, "revocations cannot be checked: fail closed: {body}");
+        assert!(started.elapsed() < Duration::from_secs(4), "answered after {:?}", started.elapsed());
+    }
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let (status, body) = get(&s, &path, &a.access).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {status} 6 s after Redis returned: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -48,6 +48,8 @@ pub struct Options {
     pub amqp_url: Option<String>,
     /// The gateway's upstream timeout, when a test needs it to give up early.
     pub upstream_timeout_ms: Option<u64>,
+    /// Reach Redis through this URL instead (a proxy the test controls).
+    pub redis_url: Option<String>,
 }
 
 impl Default for Options {
@@ -65,6 +67,7 @@ impl Default for Options {
             pending_timeout_secs: 60,
             amqp_url: None,
             upstream_timeout_ms: None,
+            redis_url: None,
         }
     }
 }
@@ -139,7 +142,7 @@ impl Stack {
 
         let auth_cfg: payflow_auth::Config = component(&[
             ("database-url", db.clone()),
-            ("redis-url", redis_url()),
+            ("redis-url", o.redis_url.clone().unwrap_or_else(redis_url)),
             ("service-token", service_token.clone()),
             ("wallet-url", wallet.clone()),
             ("jwt-private-key", pem),
@@ -169,7 +172,7 @@ impl Stack {
         let notify_cfg: payflow_notification::Config = component(&notify_flags);
         let wallet_upstream = if o.wallet_down { "http://127.0.0.1:9".to_string() } else { wallet.clone() };
         let mut gateway_flags = vec![
-            ("redis-url", redis_url()),
+            ("redis-url", o.redis_url.clone().unwrap_or_else(redis_url)),
             ("jwks-url", jwks),
             ("auth-url", auth.clone()),
             ("wallet-url", wallet_upstream),

@@ -6,6 +6,7 @@ mod broker;
 mod crashes;
 mod gateway;
 mod payments;
+mod proxy;
 mod registration;
 mod story;
 mod tokens;
