@@ -50,6 +50,8 @@ pub struct Options {
     pub upstream_timeout_ms: Option<u64>,
     /// Reach Redis through this URL instead (a proxy the test controls).
     pub redis_url: Option<String>,
+    /// Point the transaction service's wallet client at a closed port.
+    pub txn_wallet_down: bool,
 }
 
 impl Default for Options {
@@ -68,6 +70,7 @@ impl Default for Options {
             amqp_url: None,
             upstream_timeout_ms: None,
             redis_url: None,
+            txn_wallet_down: false,
         }
     }
 }
@@ -159,7 +162,12 @@ impl Stack {
         let to_wallet = [("wallet-url", wallet.clone()), ("service-token", service_token.clone())];
         let mut txn_flags = vec![("database-url", db.clone()), ("jwks-url", jwks.clone())];
         txn_flags.extend(amqp.clone());
-        txn_flags.extend(to_wallet.clone());
+        if o.txn_wallet_down {
+            txn_flags
+                .extend([("wallet-url", "http://127.0.0.1:9".to_string()), ("service-token", service_token.clone())]);
+        } else {
+            txn_flags.extend(to_wallet.clone());
+        }
         txn_flags.push(("pending-timeout-secs", o.pending_timeout_secs.to_string()));
         txn_flags.push(("relay", o.relay.to_string()));
         let txn_cfg: payflow_transaction::Config = component(&txn_flags);

@@ -409,3 +409,59 @@ async fn a_caller_that_gives_up_mid_request_still_gets_its_transfer_settled() {
     let retry = send(&s, &a, &b.id, json!("3.00"), Some(&key)).await;
     assert_eq!((retry.status, retry.replayed, id_of(&retry)), (201, true, id), "{retry:?}");
 }
+
+/// Wallet cannot be reached while a transfer is placed, so whether the hold
+/// exists is unknown and cannot be undone at once: the client gets a 503 and
+/// the key stays with that one transaction (a retry is told it is in flight,
+/// later resumes it, or the reversal fails it). Before, the key was released
+/// and the retry made a second transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_hold_outcome_keeps_the_key_with_its_one_transaction() {
+    let s = Stack::start_with(Options { txn_wallet_down: true, ..Options::default() }).await;
+    let (a, b) = (s.register().await, s.register().await);
+    let key = format!("unknown-{}", Uuid::new_v4());
+    let first = send(&s, &a, &b.id, json!("4.00"), Some(&key)).await;
+    assert_eq!(first.status, 503, "{first:?}");
+    let retry = send(&s, &a, &b.id, json!("4.00"), Some(&key)).await;
+    assert_eq!((retry.status, retry.body["code"].as_str()), (409, Some("idempotency_key_in_flight")), "{retry:?}");
+    let rows: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, status FROM txn.transactions WHERE from_user_id = $1")
+        .bind(Uuid::parse_str(&a.id).expect("user id"))
+        .fetch_all(&s.pool)
+        .await
+        .expect("query");
+    assert_eq!(rows.len(), 1, "one transaction for one key: {rows:?}");
+    assert_eq!(rows[0].1, "PENDING", "left to a resume or the reversal");
+}
+
+/// A key record left pointing at a transaction row that was dropped with
+/// nothing held (the cleanup of an unknown hold outcome ran, the release of the
+/// record did not): once abandoned, a retry records its transfer afresh under
+/// the key instead of answering 503 for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_transaction_row_was_dropped_starts_afresh_once_abandoned() {
+    let s = Stack::start().await;
+    let (a, b) = (s.register().await, s.register().await);
+    let (alice, bob) = (Uuid::parse_str(&a.id).expect("id"), Uuid::parse_str(&b.id).expect("id"));
+    let key = format!("dropped-{}", Uuid::new_v4());
+    let fingerprint = payflow_transaction::idempotency::fingerprint(bob, 500, "USD", None);
+    sqlx::query(
+        "INSERT INTO txn.idempotency_keys (user_id, key, fingerprint, transaction_id, created_at) \
+         VALUES ($1, $2, $3, $4, now() - interval '40 seconds')",
+    )
+    .bind(alice)
+    .bind(&key)
+    .bind(&fingerprint)
+    .bind(Uuid::now_v7())
+    .execute(&s.pool)
+    .await
+    .expect("an abandoned record whose row is gone");
+
+    let sent = send(&s, &a, &b.id, json!("5.00"), Some(&key)).await;
+    assert_eq!(sent.status, 201, "{sent:?}");
+    let id = id_of(&sent);
+    wait_final(&s, &[id], Duration::from_secs(15)).await;
+    assert_eq!(count_completed(&s, &[id]).await, 1);
+    assert_invariants(&s, &[id]).await;
+    let again = send(&s, &a, &b.id, json!("5.00"), Some(&key)).await;
+    assert_eq!((again.status, again.replayed, id_of(&again)), (201, true, id), "{again:?}");
+}

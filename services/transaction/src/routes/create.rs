@@ -154,13 +154,7 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
             let (k, fp) = (key.as_deref().unwrap_or_default(), fp.as_deref().unwrap_or_default());
             match idempotency::begin(&s.pool, caller, k, fp).await? {
                 // An abandoned record taken over: record the transaction under it.
-                Begin::Fresh => match store::insert_pending(&s.pool, &new, idem).await {
-                    Ok(t) => t,
-                    Err(e) => {
-                        release(&s, caller, key.as_deref()).await;
-                        return Err(e.into());
-                    }
-                },
+                Begin::Fresh => record_under_taken_key(&s, &new, caller, k).await?,
                 Begin::Replay { status, body } => {
                     s.txn_metrics.replayed.inc();
                     return Ok(json_response(status, body, true));
@@ -177,9 +171,12 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
                         "A request with this Idempotency-Key is still being processed",
                     ))
                 }
-                Begin::Resume { transaction_id } => {
-                    return resume(&s, caller, k, transaction_id, &new.correlation_id).await
-                }
+                Begin::Resume { transaction_id } => match store::get(&s.pool, transaction_id).await? {
+                    Some(t) => return resume(&s, caller, k, t, &new.correlation_id).await,
+                    // Its row was dropped with nothing held (an unknown hold outcome
+                    // cleaned up, then the record not released): start afresh under the key.
+                    None => record_under_taken_key(&s, &new, caller, k).await?,
+                },
             }
         }
     };
@@ -187,12 +184,15 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
         Outcome::Answered(res) => Ok(res),
         Outcome::Unknown(reason) => {
             tracing::warn!(transaction_id = %t.id, %reason, "hold outcome unknown; voiding");
-            // Nothing can have moved (no settle message exists): void and forget, or
-            // leave the PENDING row to the reversal if wallet is unreachable.
-            if matches!(s.wallet.void(t.id, &new.correlation_id).await, Ok(Resolution::Voided | Resolution::NotFound)) {
-                store::reject(&s.pool, t.id, None, 503, &Value::Null).await?;
+            // Nothing can have moved (no settle message exists). The key is forgotten
+            // only once nothing is left: the hold voided and the row dropped. Otherwise
+            // it stays with its transaction, as after a crash (a retry resumes it, or
+            // the reversal finishes it), so one key never makes two transactions.
+            let voided =
+                matches!(s.wallet.void(t.id, &new.correlation_id).await, Ok(Resolution::Voided | Resolution::NotFound));
+            if voided && store::reject(&s.pool, t.id, None, 503, &Value::Null).await.is_ok() {
+                release(&s, caller, key.as_deref()).await;
             }
-            release(&s, caller, key.as_deref()).await;
             Err(ApiError::unavailable("Payments are temporarily unavailable, please retry"))
         }
     }
@@ -250,6 +250,17 @@ async fn hold_then_accept(
     }
 }
 
+/// Records `new` under a key record this request has just taken over.
+async fn record_under_taken_key(s: &AppState, new: &NewTransaction, caller: Uuid, key: &str) -> ApiResult<Transaction> {
+    match store::insert_pending(&s.pool, new, Some((caller, key))).await {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            release(s, caller, Some(key)).await;
+            Err(e.into())
+        }
+    }
+}
+
 async fn release(s: &AppState, caller: Uuid, key: Option<&str>) {
     if let Some(k) = key {
         if let Err(e) = idempotency::release(&s.pool, caller, k).await {
@@ -262,8 +273,7 @@ async fn release(s: &AppState, caller: Uuid, key: Option<&str>) {
 /// over by this retry: finish what the crash interrupted (the hold is
 /// idempotent by id; the settle message and the answer commit together), so
 /// the retried request settles instead of waiting for the reversal to fail it.
-async fn resume(s: &AppState, caller: Uuid, key: &str, id: Uuid, correlation_id: &str) -> ApiResult<Response> {
-    let Some(t) = store::get(&s.pool, id).await? else { return Err(ApiError::unavailable("Please retry")) };
+async fn resume(s: &AppState, caller: Uuid, key: &str, t: Transaction, correlation_id: &str) -> ApiResult<Response> {
     if t.status == Status::Pending {
         return match hold_then_accept(s, &t, Some((caller, key)), correlation_id, true).await? {
             Outcome::Answered(res) => Ok(res),
