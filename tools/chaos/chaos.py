@@ -9,6 +9,7 @@ starts the `run` stack and migrates it; this file needs only the Python 3
 standard library, psql and redis-cli.
 """
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -146,6 +147,17 @@ class Supervisor:
             "PAYFLOW_RATE_LIMIT_USER_PER_MINUTE": "0",
             "PAYFLOW_RATE_LIMIT_AUTH_PER_MINUTE": "0",
         })
+
+    @contextlib.contextmanager
+    def down_on_purpose(self):
+        """While inside, an exit of payflow is ours: the watcher does not restart it."""
+        with self.lock:
+            self.expected_down = True
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.expected_down = False
 
     def ev(self, kind, **kw):
         e = {"t": now(), "kind": kind, **kw}
@@ -541,12 +553,9 @@ def chaos(sup, load, plan):
         sup.ev("ready" if ok else "not-ready")
 
     def plain_kill(note="random"):
-        with sup.lock:
-            sup.expected_down = True
-        sup.kill9(note)
-        restart()
-        with sup.lock:
-            sup.expected_down = False
+        with sup.down_on_purpose():
+            sup.kill9(note)
+            restart()
 
     time.sleep(8)
     for i, step in enumerate(plan, 1):
@@ -554,80 +563,68 @@ def chaos(sup, load, plan):
         if step == "random":
             plain_kill()
         elif step == "burst":
-            with sup.lock:
-                sup.expected_down = True
-            delay = random.uniform(0.01, 0.06)
-            load.burst(40)
-            time.sleep(delay)
-            sup.kill9(f"{step}: 40 requests released {delay*1000:.0f} ms before")
-            restart()
-            with sup.lock:
-                sup.expected_down = False
-        elif step == "startup":
-            with sup.lock:
-                sup.expected_down = True
-            sup.kill9("before startup-kill")
-            time.sleep(random.uniform(1, 2))
-            sup.start()
-            d = random.uniform(0.15, 0.6)
-            time.sleep(d)
-            sup.kill9(f"during startup, {d*1000:.0f} ms after spawn")
-            restart()
-            with sup.lock:
-                sup.expected_down = False
-        elif step.startswith("fault:") or step == "agedreversal":
-            with sup.lock:
-                sup.expected_down = True
-            if step == "agedreversal":
-                # stuck transactions, aged past the 60 s timeout without a restart in between
+            with sup.down_on_purpose():
+                delay = random.uniform(0.01, 0.06)
                 load.burst(40)
-                time.sleep(random.uniform(0.01, 0.05))
-                sup.kill9("agedreversal: burst kill")
+                time.sleep(delay)
+                sup.kill9(f"{step}: 40 requests released {delay*1000:.0f} ms before")
                 restart()
-                # the fault process reverses what is older than 15 s (the
-                # running process would reverse them itself at its 60 s tick)
-                sup.ev("aging stuck transactions for 20 s")
-                time.sleep(20)
-                point = "reversal-after-void"
-            else:
-                point = step.split(":", 1)[1]
-            sup.kill9(f"before fault {point}")
-            time.sleep(random.uniform(1, 2))
-            extra = {"PAYFLOW_FAULT": point}
-            if point == "reversal-after-void":
-                extra["PAYFLOW_REVERSAL_OLDER_THAN"] = "15s"
-            sup.start(extra)
-            p = sup.proc
-            try:
-                p.wait(30)
-                sup.ev("fault-fired", point=point, rc=p.returncode)
-            except subprocess.TimeoutExpired:
-                sup.kill9(f"fault {point} did not fire within 30 s")
-            restart()
-            with sup.lock:
-                sup.expected_down = False
+        elif step == "startup":
+            with sup.down_on_purpose():
+                sup.kill9("before startup-kill")
+                time.sleep(random.uniform(1, 2))
+                sup.start()
+                d = random.uniform(0.15, 0.6)
+                time.sleep(d)
+                sup.kill9(f"during startup, {d*1000:.0f} ms after spawn")
+                restart()
+        elif step.startswith("fault:") or step == "agedreversal":
+            with sup.down_on_purpose():
+                if step == "agedreversal":
+                    # stuck transactions, aged past the 60 s timeout without a restart in between
+                    load.burst(40)
+                    time.sleep(random.uniform(0.01, 0.05))
+                    sup.kill9("agedreversal: burst kill")
+                    restart()
+                    # the fault process reverses what is older than 15 s (the
+                    # running process would reverse them itself at its 60 s tick)
+                    sup.ev("aging stuck transactions for 20 s")
+                    time.sleep(20)
+                    point = "reversal-after-void"
+                else:
+                    point = step.split(":", 1)[1]
+                sup.kill9(f"before fault {point}")
+                time.sleep(random.uniform(1, 2))
+                extra = {"PAYFLOW_FAULT": point}
+                if point == "reversal-after-void":
+                    extra["PAYFLOW_REVERSAL_OLDER_THAN"] = "15s"
+                sup.start(extra)
+                p = sup.proc
+                try:
+                    p.wait(30)
+                    sup.ev("fault-fired", point=point, rc=p.returncode)
+                except subprocess.TimeoutExpired:
+                    sup.kill9(f"fault {point} did not fire within 30 s")
+                restart()
         elif step == "reversalkill":
             # kill right after "payflow dev is up", when the first reversal pass runs
-            with sup.lock:
-                sup.expected_down = True
-            sup.kill9("before reversal-kill")
-            time.sleep(random.uniform(1, 2))
-            off = os.path.getsize(sup.logpath)
-            sup.start()
-            deadline = time.time() + 30
-            up = False
-            while time.time() < deadline and not up:
-                with open(sup.logpath, errors="replace") as f:
-                    f.seek(off)
-                    up = "payflow dev is up" in f.read()
-                if not up:
-                    time.sleep(0.01)
-            d = random.uniform(0.0, 0.12)
-            time.sleep(d)
-            sup.kill9(f"reversal-kill: {d*1000:.0f} ms after 'payflow dev is up'")
-            restart()
-            with sup.lock:
-                sup.expected_down = False
+            with sup.down_on_purpose():
+                sup.kill9("before reversal-kill")
+                time.sleep(random.uniform(1, 2))
+                off = os.path.getsize(sup.logpath)
+                sup.start()
+                deadline = time.time() + 30
+                up = False
+                while time.time() < deadline and not up:
+                    with open(sup.logpath, errors="replace") as f:
+                        f.seek(off)
+                        up = "payflow dev is up" in f.read()
+                    if not up:
+                        time.sleep(0.01)
+                d = random.uniform(0.0, 0.12)
+                time.sleep(d)
+                sup.kill9(f"reversal-kill: {d*1000:.0f} ms after 'payflow dev is up'")
+                restart()
         elif step == "redisflush":
             r = redis_flushall()
             sup.ev("redis-flushall", rc=r.returncode, out=(r.stdout + r.stderr).strip()[-200:])
@@ -637,14 +634,11 @@ def chaos(sup, load, plan):
             rp = restart_rabbitmq()
             try:
                 time.sleep(random.uniform(2, 4))
-                with sup.lock:
-                    sup.expected_down = True
-                sup.kill9("while RabbitMQ restarts")
-                time.sleep(random.uniform(1, 2))
-                sup.start()
-                sup.ev("ready" if sup.wait_ready(90) else "not-ready")
-                with sup.lock:
-                    sup.expected_down = False
+                with sup.down_on_purpose():
+                    sup.kill9("while RabbitMQ restarts")
+                    time.sleep(random.uniform(1, 2))
+                    sup.start()
+                    sup.ev("ready" if sup.wait_ready(90) else "not-ready")
             finally:
                 out = finish_restart(rp)
             sup.ev("rabbit-restart-end", rc=rp.returncode, out=out[-300:])
