@@ -190,8 +190,13 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
             // the reversal finishes it), so one key never makes two transactions.
             let voided =
                 matches!(s.wallet.void(t.id, &new.correlation_id).await, Ok(Resolution::Voided | Resolution::NotFound));
-            if voided && store::reject(&s.pool, t.id, None, 503, &Value::Null).await.is_ok() {
-                release(&s, caller, key.as_deref()).await;
+            if voided {
+                match store::reject(&s.pool, t.id, None, 503, &Value::Null).await {
+                    Ok(()) => release(&s, caller, key.as_deref()).await,
+                    Err(e) => {
+                        tracing::warn!(transaction_id = %t.id, error = %e, "voided, but the row stays; so does its key")
+                    }
+                }
             }
             Err(ApiError::unavailable("Payments are temporarily unavailable, please retry"))
         }
