@@ -481,7 +481,8 @@ class RegChurn:
         i = 0
         while not self.stop:
             i += 1
-            email = f"churn-{self.tag}-{i}@payflow.local"
+            # Lower case, as auth stores it, so the check finds it again.
+            email = f"churn-{self.tag}-{i}@payflow.local".lower()
             pw = "Chaos-Passw0rd1"
             rec = {"email": email, "attempts": []}
             self.recs.append(rec)
