@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use payflow_common::jwt::{JwtSigner, JwtVerifier};
 use payflow_common::metrics::Metrics;
+use payflow_common::redis_conn::Redis;
 use payflow_common::revocation::RevocationList;
 use payflow_common::service_token::ServiceToken;
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
 use crate::config::Config;
@@ -20,7 +20,7 @@ pub const SERVICE_NAME: &str = "auth-service";
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
-    pub redis: ConnectionManager,
+    pub redis: Redis,
     pub signer: JwtSigner,
     /// Trusts exactly `signer`'s key, no network.
     pub verifier: JwtVerifier,

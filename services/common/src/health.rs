@@ -16,7 +16,7 @@ use crate::metrics::{self, Metrics};
 #[derive(Clone, Default)]
 pub struct Readiness {
     pub db: Option<sqlx::PgPool>,
-    pub redis: Option<redis::aio::ConnectionManager>,
+    pub redis: Option<crate::redis_conn::Redis>,
     /// For services that verify access tokens: not ready before auth's keys
     /// are loaded, or every request would be a 503.
     pub keys: Option<crate::jwt::JwtVerifier>,

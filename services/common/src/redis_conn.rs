@@ -1,11 +1,11 @@
-//! A reconnecting Redis connection shared by all requests, and the time bound
+//! A reconnecting Redis connection shared by all requests, with a time bound
 //! on each call through it.
 
 use std::future::Future;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, RedisResult};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
 use crate::config::RedisArgs;
 
@@ -14,7 +14,7 @@ use crate::config::RedisArgs;
 /// or restarting Redis must cost a request this much at most, never a hang.
 pub const CALL_LIMIT: Duration = Duration::from_secs(1);
 
-pub async fn connect(args: &RedisArgs) -> anyhow::Result<ConnectionManager> {
+pub async fn connect(args: &RedisArgs) -> anyhow::Result<Redis> {
     let client = redis::Client::open(args.redis_url.as_str())?;
     // redis 0.32 hands `factor` to its backoff (backon) as the growth of the
     // delay from a 1 s start; its default, 100, made the second reconnect
@@ -27,11 +27,35 @@ pub async fn connect(args: &RedisArgs) -> anyhow::Result<ConnectionManager> {
         .set_number_of_retries(2)
         .set_factor(2)
         .set_max_delay(500);
-    Ok(ConnectionManager::new_with_config(client, config).await?)
+    Ok(Redis(ConnectionManager::new_with_config(client, config).await?))
 }
 
-/// `call`, or an I/O error once it has taken [`CALL_LIMIT`].
-pub async fn bounded<T>(call: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
+/// The shared connection; every command through it gives up after
+/// [`CALL_LIMIT`] (the manager's own response timeout does not cover the wait
+/// for a reconnect).
+#[derive(Clone)]
+pub struct Redis(ConnectionManager);
+
+impl ConnectionLike for Redis {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(bounded(self.0.req_packed_command(cmd)))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(bounded(self.0.req_packed_commands(cmd, offset, count)))
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+async fn bounded<T>(call: impl Future<Output = RedisResult<T>>) -> RedisResult<T> {
     tokio::time::timeout(CALL_LIMIT, call)
         .await
         .unwrap_or_else(|_| Err(RedisError::from((ErrorKind::IoError, "Redis did not answer in time"))))

@@ -1,7 +1,7 @@
 //! Revoked access tokens (`jti`), kept in Redis until the token would have
 //! expired anyway. Auth writes on logout; the gateway reads on every request.
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::Redis;
 use redis::AsyncCommands;
 
 fn key(jti: &str) -> String {
@@ -10,21 +10,21 @@ fn key(jti: &str) -> String {
 
 #[derive(Clone)]
 pub struct RevocationList {
-    redis: ConnectionManager,
+    redis: Redis,
 }
 
 impl RevocationList {
-    pub fn new(redis: ConnectionManager) -> Self {
+    pub fn new(redis: Redis) -> Self {
         Self { redis }
     }
 
     pub async fn revoke(&self, jti: &str, ttl_secs: u64) -> redis::RedisResult<()> {
         let mut conn = self.redis.clone();
-        crate::redis_conn::bounded(conn.set_ex::<_, _, ()>(key(jti), 1, ttl_secs.max(1))).await
+        conn.set_ex::<_, _, ()>(key(jti), 1, ttl_secs.max(1)).await
     }
 
     pub async fn is_revoked(&self, jti: &str) -> redis::RedisResult<bool> {
         let mut conn = self.redis.clone();
-        crate::redis_conn::bounded(conn.exists(key(jti))).await
+        conn.exists(key(jti)).await
     }
 }

@@ -55,9 +55,7 @@ pub fn with_common_layers(router: Router, info: &ServiceInfo) -> Router {
         })
         .layer(middleware::from_fn(run_to_completion))
         .layer(middleware::from_fn(move |req: Request, next: Next| request_timeout(timeout, req, next)))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-            ApiError::internal("handler panicked").into_response()
-        }))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| panicked()))
         .layer(middleware::from_fn_with_state(info.metrics.clone(), metrics::middleware));
     let router = match &info.cors {
         Some(cors) => router.layer(cors.clone()),
@@ -79,9 +77,14 @@ async fn run_to_completion(req: Request, next: Next) -> Response {
         Ok(res) => res,
         Err(e) => {
             tracing::error!(error = %e, "request task failed");
-            ApiError::internal("handler panicked").into_response()
+            panicked()
         }
     }
+}
+
+/// The answer to a handler that panicked, inline or on its own task.
+fn panicked() -> Response {
+    ApiError::internal("handler panicked").into_response()
 }
 
 async fn request_timeout(limit: Duration, req: Request, next: Next) -> Response {

@@ -3,7 +3,7 @@
 //! Postgres (in the transaction service) stays the source of truth: a miss, a
 //! different body, or Redis being down just forwards the request.
 
-use payflow_common::redis_conn::bounded;
+use payflow_common::redis_conn::Redis;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -27,9 +27,9 @@ pub fn body_hash(body: &[u8]) -> String {
     hex::encode(Sha256::digest(body))
 }
 
-pub async fn get(redis: &redis::aio::ConnectionManager, user: &str, idempotency_key: &str) -> Option<Cached> {
+pub async fn get(redis: &Redis, user: &str, idempotency_key: &str) -> Option<Cached> {
     let mut conn = redis.clone();
-    let raw: Option<String> = match bounded(conn.get(key(user, idempotency_key))).await {
+    let raw: Option<String> = match conn.get(key(user, idempotency_key)).await {
         Ok(v) => v,
         Err(e) => {
             tracing::debug!(error = %e, "idempotency cache unavailable");
@@ -39,10 +39,10 @@ pub async fn get(redis: &redis::aio::ConnectionManager, user: &str, idempotency_
     raw.and_then(|r| serde_json::from_str(&r).ok())
 }
 
-pub async fn put(redis: &redis::aio::ConnectionManager, user: &str, idempotency_key: &str, value: &Cached) {
+pub async fn put(redis: &Redis, user: &str, idempotency_key: &str, value: &Cached) {
     let Ok(text) = serde_json::to_string(value) else { return };
     let mut conn = redis.clone();
-    if let Err(e) = bounded(conn.set_ex::<_, _, ()>(key(user, idempotency_key), text, TTL_SECS)).await {
+    if let Err(e) = conn.set_ex::<_, _, ()>(key(user, idempotency_key), text, TTL_SECS).await {
         tracing::debug!(error = %e, "idempotency cache write failed");
     }
 }

@@ -1,8 +1,7 @@
 //! Token buckets in Redis. One Lua script refills and takes a token
 //! atomically, using Redis' clock so every gateway replica agrees.
 
-use payflow_common::redis_conn::bounded;
-use redis::aio::ConnectionManager;
+use payflow_common::redis_conn::Redis;
 use redis::Script;
 
 const TOKEN_BUCKET: &str = r#"
@@ -45,12 +44,12 @@ pub enum Decision {
 
 #[derive(Clone)]
 pub struct RateLimiter {
-    redis: ConnectionManager,
+    redis: Redis,
     script: std::sync::Arc<Script>,
 }
 
 impl RateLimiter {
-    pub fn new(redis: ConnectionManager) -> Self {
+    pub fn new(redis: Redis) -> Self {
         Self { redis, script: std::sync::Arc::new(Script::new(TOKEN_BUCKET)) }
     }
 
@@ -61,9 +60,13 @@ impl RateLimiter {
         }
         let mut conn = self.redis.clone();
         let per_sec = f64::from(limit.per_minute) / 60.0;
-        let mut invocation = self.script.key(format!("payflow:rl:{key}"));
-        invocation.arg(limit.per_minute).arg(per_sec);
-        let (allowed, wait_ms): (i64, i64) = bounded(invocation.invoke_async(&mut conn)).await?;
+        let (allowed, wait_ms): (i64, i64) = self
+            .script
+            .key(format!("payflow:rl:{key}"))
+            .arg(limit.per_minute)
+            .arg(per_sec)
+            .invoke_async(&mut conn)
+            .await?;
         Ok(if allowed == 1 { Decision::Allowed } else { Decision::Denied((wait_ms.max(1) as u64).div_ceil(1000)) })
     }
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use payflow_common::jwt::JwtVerifier;
 use payflow_common::metrics::Metrics;
+use payflow_common::redis_conn::Redis;
 use payflow_common::revocation::RevocationList;
 use prometheus::{IntCounterVec, Opts};
 
@@ -68,7 +69,7 @@ impl std::ops::Deref for AppState {
 }
 
 pub struct Parts {
-    pub redis: redis::aio::ConnectionManager,
+    pub redis: Redis,
     pub verifier: JwtVerifier,
     pub revocations: RevocationList,
     pub limiter: RateLimiter,
@@ -88,11 +89,7 @@ impl AppState {
         Self::with_parts(cfg, redis, verifier)
     }
 
-    pub fn with_parts(
-        cfg: &Config,
-        redis: redis::aio::ConnectionManager,
-        verifier: JwtVerifier,
-    ) -> anyhow::Result<Self> {
+    pub fn with_parts(cfg: &Config, redis: Redis, verifier: JwtVerifier) -> anyhow::Result<Self> {
         let u = &cfg.upstreams;
         let upstream = |name, base: &str| Upstream {
             name,
