@@ -2,12 +2,19 @@
 //! (user, key), bound to a fingerprint of the request. (The gateway keeps a
 //! Redis copy of finished answers as a fast path; losing it changes nothing.)
 
+use std::time::{Duration, Instant};
+
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 /// After this long, an unfinished record is presumed abandoned by a crash.
 const STALE_SECS: f64 = 30.0;
+
+/// How long after its request began a failed attempt may still hand its record
+/// over: well inside `STALE_SECS`, so no retry can have taken the record over
+/// (and be working on it) by then.
+const HAND_OVER_WITHIN: Duration = Duration::from_secs(20);
 
 #[derive(Debug)]
 pub enum Begin {
@@ -110,6 +117,48 @@ pub async fn release(pool: &PgPool, user: Uuid, key: &str) -> Result<(), sqlx::E
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// Marks the unfinished record of an attempt that failed as abandoned, so the
+/// next retry takes it over at once instead of after `STALE_SECS`. Guarded by
+/// the transaction the attempt recorded or resumed: a record that another
+/// request owns is never touched. Whether a record was marked.
+pub async fn abandon(pool: &PgPool, user: Uuid, key: &str, transaction_id: Uuid) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE txn.idempotency_keys SET created_at = now() - make_interval(secs => $4) \
+         WHERE user_id = $1 AND key = $2 AND transaction_id = $3 AND completed_at IS NULL",
+    )
+    .bind(user)
+    .bind(key)
+    .bind(transaction_id)
+    .bind(STALE_SECS + 1.0)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// [`abandon`] on a task of its own, retried while the database is away (the
+/// failure that ended the attempt is often the database restarting), until
+/// `HAND_OVER_WITHIN` after the request began; past that, the record becomes
+/// stale on its own.
+pub fn abandon_soon(pool: PgPool, user: Uuid, key: String, transaction_id: Uuid, started: Instant) {
+    tokio::spawn(async move {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match abandon(&pool, user, &key, transaction_id).await {
+                Ok(_) => return,
+                Err(e) if payflow_common::db::is_transient(&e) && started.elapsed() + wait < HAND_OVER_WITHIN => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::warn!(%transaction_id, error = %e, "could not hand the idempotency record over; a retry waits until it is stale");
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// Records older than the retention (at least 24 h) are deleted by the relay's housekeeping.

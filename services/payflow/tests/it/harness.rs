@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
+use crate::proxy::Proxy;
+
 pub fn database_url() -> String {
     std::env::var("PAYFLOW_TEST_DATABASE_URL")
         .expect("PAYFLOW_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh")
@@ -50,8 +52,9 @@ pub struct Options {
     pub upstream_timeout_ms: Option<u64>,
     /// Reach Redis through this URL instead (a proxy the test controls).
     pub redis_url: Option<String>,
-    /// Point the transaction service's wallet client at a closed port.
-    pub txn_wallet_down: bool,
+    /// The transaction service reaches wallet through a proxy the test cuts
+    /// (`Stack::txn_wallet_proxy`).
+    pub txn_wallet_proxy: bool,
 }
 
 impl Default for Options {
@@ -70,7 +73,7 @@ impl Default for Options {
             amqp_url: None,
             upstream_timeout_ms: None,
             redis_url: None,
-            txn_wallet_down: false,
+            txn_wallet_proxy: false,
         }
     }
 }
@@ -93,6 +96,8 @@ pub struct Stack {
     /// The transaction service's configuration (for a relay in another process).
     pub txn_cfg: payflow_transaction::Config,
     pub reversal_wallet: payflow_transaction::config::WalletArgs,
+    /// Between the transaction service and wallet, with `Options::txn_wallet_proxy`.
+    pub txn_wallet_proxy: Option<Proxy>,
 }
 
 impl Drop for Stack {
@@ -162,11 +167,14 @@ impl Stack {
         let to_wallet = [("wallet-url", wallet.clone()), ("service-token", service_token.clone())];
         let mut txn_flags = vec![("database-url", db.clone()), ("jwks-url", jwks.clone())];
         txn_flags.extend(amqp.clone());
-        if o.txn_wallet_down {
-            txn_flags
-                .extend([("wallet-url", "http://127.0.0.1:9".to_string()), ("service-token", service_token.clone())]);
-        } else {
-            txn_flags.extend(to_wallet.clone());
+        let txn_wallet_proxy = match o.txn_wallet_proxy {
+            true => Some(Proxy::start(wallet.trim_start_matches("http://").to_string()).await),
+            false => None,
+        };
+        match &txn_wallet_proxy {
+            Some(p) => txn_flags
+                .extend([("wallet-url", format!("http://{}", p.addr)), ("service-token", service_token.clone())]),
+            None => txn_flags.extend(to_wallet.clone()),
         }
         txn_flags.push(("pending-timeout-secs", o.pending_timeout_secs.to_string()));
         txn_flags.push(("relay", o.relay.to_string()));
@@ -249,6 +257,7 @@ impl Stack {
                 service_token: payflow_common::config::ServiceTokenArgs { service_token: token_for_reversal },
                 pending_timeout_secs: o.pending_timeout_secs,
             },
+            txn_wallet_proxy,
         };
         stack.wait_ready().await;
         stack

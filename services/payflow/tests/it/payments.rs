@@ -412,25 +412,60 @@ async fn a_caller_that_gives_up_mid_request_still_gets_its_transfer_settled() {
 
 /// Wallet cannot be reached while a transfer is placed, so whether the hold
 /// exists is unknown and cannot be undone at once: the client gets a 503 and
-/// the key stays with that one transaction (a retry is told it is in flight,
-/// later resumes it, or the reversal fails it). Before, the key was released
-/// and the retry made a second transaction.
+/// the key stays with that one transaction (before, the key was released and
+/// the retry made a second transaction). The failed attempt hands the key's
+/// record over, so a retry resumes that transaction at once instead of being
+/// told for 30 s that it is in flight: 503 again while wallet is away, then
+/// 201 and settled once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unknown_hold_outcome_keeps_the_key_with_its_one_transaction() {
-    let s = Stack::start_with(Options { txn_wallet_down: true, ..Options::default() }).await;
+async fn an_unknown_hold_outcome_keeps_the_key_with_its_one_transaction_and_a_retry_resumes_it() {
+    let s = Stack::start_with(Options { txn_wallet_proxy: true, ..Options::default() }).await;
+    let wallet = s.txn_wallet_proxy.as_ref().expect("proxy");
     let (a, b) = (s.register().await, s.register().await);
+    let alice = Uuid::parse_str(&a.id).expect("user id");
     let key = format!("unknown-{}", Uuid::new_v4());
+    wallet.cut();
     let first = send(&s, &a, &b.id, json!("4.00"), Some(&key)).await;
     assert_eq!(first.status, 503, "{first:?}");
+    wait_handed_over(&s, alice, &key).await;
     let retry = send(&s, &a, &b.id, json!("4.00"), Some(&key)).await;
-    assert_eq!((retry.status, retry.body["code"].as_str()), (409, Some("idempotency_key_in_flight")), "{retry:?}");
+    assert_eq!((retry.status, retry.body["code"].as_str()), (503, Some("service_unavailable")), "resumed: {retry:?}");
     let rows: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, status FROM txn.transactions WHERE from_user_id = $1")
-        .bind(Uuid::parse_str(&a.id).expect("user id"))
+        .bind(alice)
         .fetch_all(&s.pool)
         .await
         .expect("query");
     assert_eq!(rows.len(), 1, "one transaction for one key: {rows:?}");
     assert_eq!(rows[0].1, "PENDING", "left to a resume or the reversal");
+
+    wallet.restore();
+    wait_handed_over(&s, alice, &key).await;
+    let back = send(&s, &a, &b.id, json!("4.00"), Some(&key)).await;
+    assert_eq!((back.status, id_of(&back)), (201, rows[0].0), "the same transaction, resumed: {back:?}");
+    wait_final(&s, &[rows[0].0], Duration::from_secs(15)).await;
+    assert_eq!(count_completed(&s, &[rows[0].0]).await, 1);
+    assert_invariants(&s, &[rows[0].0]).await;
+}
+
+/// Waits until the key's record may be taken over (a failed attempt handed it over).
+async fn wait_handed_over(s: &Stack, user: Uuid, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stale: bool = sqlx::query_scalar(
+            "SELECT now() - created_at > interval '30 seconds' FROM txn.idempotency_keys WHERE user_id = $1 AND key = $2",
+        )
+        .bind(user)
+        .bind(key)
+        .fetch_optional(&s.pool)
+        .await
+        .expect("query")
+        .unwrap_or(false);
+        if stale {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the failed attempt did not hand its record over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A key record left pointing at a transaction row that was dropped with

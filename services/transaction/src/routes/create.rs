@@ -7,10 +7,13 @@
 //! 3. the settle message in the outbox together with the stored idempotent answer.
 //!
 //! A crash after 1 or 2 leaves a PENDING transaction without a message. A retry
-//! with the same Idempotency-Key, once the record is 30 s old, takes it over and
+//! with the same Idempotency-Key, once the record is 30 s old (at once when the
+//! attempt failed without crashing and handed it over), takes it over and
 //! finishes steps 2 and 3; otherwise the reversal voids its hold (or records a
 //! void of an id wallet never saw) and fails it. A caller that goes away stops
 //! nothing: writes run to completion (`payflow_common::server`).
+
+use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -125,6 +128,7 @@ fn json_response(status: u16, body: String, replayed: bool) -> Response {
 }
 
 pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> ApiResult<Response> {
+    let started = Instant::now();
     let correlation_id =
         req.extensions().get::<CorrelationId>().map(|c| c.0.clone()).unwrap_or_else(|| Uuid::new_v4().to_string());
     let headers = req.headers().clone();
@@ -143,18 +147,41 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
         description: v.description,
         correlation_id,
     };
-    let idem = key.as_deref().map(|k| (caller, k));
-    let fp = key.as_ref().map(|_| idempotency::fingerprint(v.to, v.amount, &new.currency, new.description.as_deref()));
+    let Some(k) = key else { return accept(&s, caller, new, None, &mut Uuid::nil()).await };
+    // The transaction the key's record points at: this request's, or the one it resumes.
+    let mut recorded = new.id;
+    let result = accept(&s, caller, new, Some(&k), &mut recorded).await;
+    // An attempt that failed on our side hands its record over, so that the
+    // client's retry carries on at once instead of being told for 30 s that the
+    // request is still in flight.
+    if matches!(&result, Err(e) if e.status.is_server_error()) {
+        idempotency::abandon_soon(s.pool.clone(), caller, k, recorded, started);
+    }
+    result
+}
+
+/// Records, holds and enqueues `new` (or finishes what an earlier attempt
+/// under the same key left), and answers.
+async fn accept(
+    s: &AppState,
+    caller: Uuid,
+    new: NewTransaction,
+    key: Option<&str>,
+    recorded: &mut Uuid,
+) -> ApiResult<Response> {
+    let idem = key.map(|k| (caller, k));
+    let fp = key.map(|_| idempotency::fingerprint(new.to, new.amount, &new.currency, new.description.as_deref()));
     // The common case, a new key (or none), records key and transaction in one statement
     // (shared with the requests arriving at the same moment).
-    let fresh = key.clone().zip(fp.clone()).map(|(key, fingerprint)| FreshKey { user: caller, key, fingerprint });
+    let fresh =
+        key.zip(fp.clone()).map(|(key, fingerprint)| FreshKey { user: caller, key: key.to_string(), fingerprint });
     let t = match s.batches.insert_pending(new.clone(), fresh).await? {
         Some(t) => t,
         None => {
-            let (k, fp) = (key.as_deref().unwrap_or_default(), fp.as_deref().unwrap_or_default());
+            let (k, fp) = (key.unwrap_or_default(), fp.as_deref().unwrap_or_default());
             match idempotency::begin(&s.pool, caller, k, fp).await? {
                 // An abandoned record taken over: record the transaction under it.
-                Begin::Fresh => record_under_taken_key(&s, &new, caller, k).await?,
+                Begin::Fresh => record_under_taken_key(s, &new, caller, k).await?,
                 Begin::Replay { status, body } => {
                     s.txn_metrics.replayed.inc();
                     return Ok(json_response(status, body, true));
@@ -171,16 +198,22 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
                         "A request with this Idempotency-Key is still being processed",
                     ))
                 }
-                Begin::Resume { transaction_id } => match store::get(&s.pool, transaction_id).await? {
-                    Some(t) => return resume(&s, caller, k, t, &new.correlation_id).await,
-                    // Its row was dropped with nothing held (an unknown hold outcome
-                    // cleaned up, then the record not released): start afresh under the key.
-                    None => record_under_taken_key(&s, &new, caller, k).await?,
-                },
+                Begin::Resume { transaction_id } => {
+                    *recorded = transaction_id;
+                    match store::get(&s.pool, transaction_id).await? {
+                        Some(t) => return resume(s, caller, k, t, &new.correlation_id).await,
+                        // Its row was dropped with nothing held (an unknown hold outcome
+                        // cleaned up, then the record not released): start afresh under the key.
+                        None => {
+                            *recorded = new.id;
+                            record_under_taken_key(s, &new, caller, k).await?
+                        }
+                    }
+                }
             }
         }
     };
-    match hold_then_accept(&s, &t, idem, &new.correlation_id, false).await? {
+    match hold_then_accept(s, &t, idem, &new.correlation_id, false).await? {
         Outcome::Answered(res) => Ok(res),
         Outcome::Unknown(reason) => {
             tracing::warn!(transaction_id = %t.id, %reason, "hold outcome unknown; voiding");
@@ -192,7 +225,7 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
                 matches!(s.wallet.void(t.id, &new.correlation_id).await, Ok(Resolution::Voided | Resolution::NotFound));
             if voided {
                 match store::reject(&s.pool, t.id, None, 503, &Value::Null).await {
-                    Ok(()) => release(&s, caller, key.as_deref()).await,
+                    Ok(()) => release(s, caller, key).await,
                     Err(e) => {
                         tracing::warn!(transaction_id = %t.id, error = %e, "voided, but the row stays; so does its key")
                     }
