@@ -2,19 +2,26 @@
 //! (user, key), bound to a fingerprint of the request. (The gateway keeps a
 //! Redis copy of finished answers as a fast path; losing it changes nothing.)
 
+use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use tokio::sync::watch;
 use uuid::Uuid;
 
-/// After this long, an unfinished record is presumed abandoned by a crash.
-const STALE_SECS: f64 = 30.0;
+/// After this long without a sign of life from its request, an unfinished
+/// record is presumed abandoned by a crash.
+const STALE_SECS: f64 = 10.0;
 
-/// How long after its request began a failed attempt may still hand its record
-/// over: well inside `STALE_SECS`, so no retry can have taken the record over
-/// (and be working on it) by then.
-const HAND_OVER_WITHIN: Duration = Duration::from_secs(20);
+/// How often a request still at work says so ([`keep_alive`]): well inside
+/// `STALE_SECS`, so a slow request is never taken over while it runs.
+const HEARTBEAT: Duration = Duration::from_secs(3);
+
+/// How long after its request ended a failed attempt may still hand its record
+/// over: the last heartbeat came at most `HEARTBEAT` before the end, so the
+/// record cannot have gone stale and been taken over by a retry before then.
+const HAND_OVER_WITHIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub enum Begin {
@@ -140,9 +147,10 @@ pub async fn abandon(pool: &PgPool, user: Uuid, key: &str, transaction_id: Uuid)
 
 /// [`abandon`] on a task of its own, retried while the database is away (the
 /// failure that ended the attempt is often the database restarting), until
-/// `HAND_OVER_WITHIN` after the request began; past that, the record becomes
-/// stale on its own.
-pub fn abandon_soon(pool: PgPool, user: Uuid, key: String, transaction_id: Uuid, started: Instant) {
+/// `HAND_OVER_WITHIN` after the request ended; past that, the record becomes
+/// stale on its own soon.
+pub fn abandon_soon(pool: PgPool, user: Uuid, key: String, transaction_id: Uuid) {
+    let started = Instant::now();
     tokio::spawn(async move {
         let mut wait = Duration::from_millis(200);
         loop {
@@ -159,6 +167,30 @@ pub fn abandon_soon(pool: PgPool, user: Uuid, key: String, transaction_id: Uuid,
             }
         }
     });
+}
+
+/// Keeps the record of the request at work fresh, every `HEARTBEAT`, so that a
+/// retry waits for it however long it takes, and takes over at most
+/// `STALE_SECS` after a crash. `recorded` is the transaction the record points
+/// at once this request owns it; a record it does not own is left alone.
+/// Never returns: the request's work runs beside it and ends it.
+pub async fn keep_alive(pool: &PgPool, user: Uuid, key: &str, recorded: &watch::Sender<Uuid>) -> Infallible {
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        let transaction_id = *recorded.borrow();
+        let beat = sqlx::query(
+            "UPDATE txn.idempotency_keys SET created_at = now() \
+             WHERE user_id = $1 AND key = $2 AND transaction_id = $3 AND completed_at IS NULL",
+        )
+        .bind(user)
+        .bind(key)
+        .bind(transaction_id)
+        .execute(pool)
+        .await;
+        if let Err(e) = beat {
+            tracing::debug!(%transaction_id, error = %e, "idempotency heartbeat failed");
+        }
+    }
 }
 
 /// Records older than the retention (at least 24 h) are deleted by the relay's housekeeping.

@@ -263,10 +263,11 @@ async fn a_retry_after_a_crash_between_hold_and_accept_settles_the_transfer() {
     // A retry while the record is young is told the first is in flight.
     let early = send(&s, &a, &b.id, json!("3.00"), Some(&key)).await;
     assert_eq!(early.status, 409, "{}", early.body);
-    // Once it is 30 s old (aged here rather than waited for), two retries at once: one takes
-    // it over and finishes the accept, the other is in flight or replays its answer.
+    // Once it has had no heartbeat for 10 s (the crashed process sends none; aged here rather
+    // than waited for), two retries at once: one takes it over and finishes the accept, the
+    // other is in flight or replays its answer.
     sqlx::query(
-        "UPDATE txn.idempotency_keys SET created_at = created_at - interval '31 seconds' \
+        "UPDATE txn.idempotency_keys SET created_at = created_at - interval '11 seconds' \
          WHERE user_id = $1::uuid AND key = $2",
     )
     .bind(&a.id)

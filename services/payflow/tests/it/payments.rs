@@ -415,8 +415,8 @@ async fn a_caller_that_gives_up_mid_request_still_gets_its_transfer_settled() {
 /// the key stays with that one transaction (before, the key was released and
 /// the retry made a second transaction). The failed attempt hands the key's
 /// record over, so a retry resumes that transaction at once instead of being
-/// told for 30 s that it is in flight: 503 again while wallet is away, then
-/// 201 and settled once it is back.
+/// told that it is in flight until the record goes stale: 503 again while
+/// wallet is away, then 201 and settled once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_hold_outcome_keeps_the_key_with_its_one_transaction_and_a_retry_resumes_it() {
     let s = Stack::start_with(Options { txn_wallet_proxy: true, ..Options::default() }).await;
@@ -447,12 +447,60 @@ async fn an_unknown_hold_outcome_keeps_the_key_with_its_one_transaction_and_a_re
     assert_invariants(&s, &[rows[0].0]).await;
 }
 
+/// A request at work keeps its key however long it takes: its heartbeat keeps
+/// the record fresh, so a retry is told it is in flight (and takes nothing
+/// over) until the first one answers; then the retry gets that answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_keeps_its_key_while_it_works() {
+    let s = Stack::start().await;
+    let (a, b) = (s.register().await, s.register().await);
+    let alice = Uuid::parse_str(&a.id).expect("user id");
+    let key = format!("slow-{}", Uuid::new_v4());
+
+    // Alice's account row locked: her hold waits behind it while the test looks on.
+    let mut lock = s.pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM wallet.accounts WHERE user_id = $1 FOR UPDATE")
+        .bind(alice)
+        .execute(&mut *lock)
+        .await
+        .expect("lock the account");
+    let first = send(&s, &a, &b.id, json!("2.00"), Some(&key));
+    let meanwhile = async {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        let mut recorded = None;
+        loop {
+            let now: Option<chrono::DateTime<chrono::Utc>> =
+                sqlx::query_scalar("SELECT created_at FROM txn.idempotency_keys WHERE user_id = $1 AND key = $2")
+                    .bind(alice)
+                    .bind(&key)
+                    .fetch_optional(&s.pool)
+                    .await
+                    .expect("query");
+            match (recorded, now) {
+                (None, Some(t)) => recorded = Some(t),
+                (Some(t0), Some(t)) if t > t0 => break, // a heartbeat
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "no heartbeat from the request at work: {recorded:?} {now:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let retry = send(&s, &a, &b.id, json!("2.00"), Some(&key)).await;
+        lock.rollback().await.expect("unlock");
+        retry
+    };
+    let (first, retry) = tokio::join!(first, meanwhile);
+    assert_eq!((retry.status, retry.body["code"].as_str()), (409, Some("idempotency_key_in_flight")), "{retry:?}");
+    assert_eq!(first.status, 201, "{first:?}");
+    let again = send(&s, &a, &b.id, json!("2.00"), Some(&key)).await;
+    assert_eq!((again.status, again.replayed, id_of(&again)), (201, true, id_of(&first)), "{again:?}");
+}
+
 /// Waits until the key's record may be taken over (a failed attempt handed it over).
 async fn wait_handed_over(s: &Stack, user: Uuid, key: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let stale: bool = sqlx::query_scalar(
-            "SELECT now() - created_at > interval '30 seconds' FROM txn.idempotency_keys WHERE user_id = $1 AND key = $2",
+            "SELECT now() - created_at > interval '10 seconds' FROM txn.idempotency_keys WHERE user_id = $1 AND key = $2",
         )
         .bind(user)
         .bind(key)

@@ -7,13 +7,11 @@
 //! 3. the settle message in the outbox together with the stored idempotent answer.
 //!
 //! A crash after 1 or 2 leaves a PENDING transaction without a message. A retry
-//! with the same Idempotency-Key, once the record is 30 s old (at once when the
-//! attempt failed without crashing and handed it over), takes it over and
-//! finishes steps 2 and 3; otherwise the reversal voids its hold (or records a
+//! with the same Idempotency-Key, once the record has had no heartbeat for 10 s
+//! (at once when the attempt failed without crashing and handed it over),
+//! takes it over and finishes steps 2 and 3; otherwise the reversal voids its hold (or records a
 //! void of an id wallet never saw) and fails it. A caller that goes away stops
 //! nothing: writes run to completion (`payflow_common::server`).
-
-use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -27,6 +25,7 @@ use payflow_common::money::parse_json_amount;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::idempotency::{self, Begin};
@@ -128,7 +127,6 @@ fn json_response(status: u16, body: String, replayed: bool) -> Response {
 }
 
 pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> ApiResult<Response> {
-    let started = Instant::now();
     let correlation_id =
         req.extensions().get::<CorrelationId>().map(|c| c.0.clone()).unwrap_or_else(|| Uuid::new_v4().to_string());
     let headers = req.headers().clone();
@@ -147,15 +145,18 @@ pub async fn create(State(s): State<AppState>, user: AuthUser, req: Request) -> 
         description: v.description,
         correlation_id,
     };
-    let Some(k) = key else { return accept(&s, caller, new, None, &mut Uuid::nil()).await };
     // The transaction the key's record points at: this request's, or the one it resumes.
-    let mut recorded = new.id;
-    let result = accept(&s, caller, new, Some(&k), &mut recorded).await;
+    let recorded = watch::Sender::new(new.id);
+    let Some(k) = key else { return accept(&s, caller, new, None, &recorded).await };
+    let result = tokio::select! {
+        r = accept(&s, caller, new, Some(&k), &recorded) => r,
+        never = idempotency::keep_alive(&s.pool, caller, &k, &recorded) => match never {},
+    };
     // An attempt that failed on our side hands its record over, so that the
-    // client's retry carries on at once instead of being told for 30 s that the
-    // request is still in flight.
+    // client's retry carries on at once instead of being told that the request
+    // is still in flight until the record goes stale.
     if matches!(&result, Err(e) if e.status.is_server_error()) {
-        idempotency::abandon_soon(s.pool.clone(), caller, k, recorded, started);
+        idempotency::abandon_soon(s.pool.clone(), caller, k, *recorded.borrow());
     }
     result
 }
@@ -167,7 +168,7 @@ async fn accept(
     caller: Uuid,
     new: NewTransaction,
     key: Option<&str>,
-    recorded: &mut Uuid,
+    recorded: &watch::Sender<Uuid>,
 ) -> ApiResult<Response> {
     let idem = key.map(|k| (caller, k));
     let fp = key.map(|_| idempotency::fingerprint(new.to, new.amount, &new.currency, new.description.as_deref()));
@@ -199,13 +200,13 @@ async fn accept(
                     ))
                 }
                 Begin::Resume { transaction_id } => {
-                    *recorded = transaction_id;
+                    recorded.send_replace(transaction_id);
                     match store::get(&s.pool, transaction_id).await? {
                         Some(t) => return resume(s, caller, k, t, &new.correlation_id).await,
                         // Its row was dropped with nothing held (an unknown hold outcome
                         // cleaned up, then the record not released): start afresh under the key.
                         None => {
-                            *recorded = new.id;
+                            recorded.send_replace(new.id);
                             record_under_taken_key(s, &new, caller, k).await?
                         }
                     }
