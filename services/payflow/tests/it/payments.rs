@@ -383,12 +383,7 @@ async fn a_caller_that_gives_up_mid_request_still_gets_its_transfer_settled() {
     let key = format!("gives-up-{}", Uuid::new_v4());
 
     // Alice's account row locked: her hold waits behind it until the gateway has given up.
-    let mut lock = s.pool.begin().await.expect("begin");
-    sqlx::query("SELECT 1 FROM wallet.accounts WHERE user_id = $1 FOR UPDATE")
-        .bind(alice)
-        .execute(&mut *lock)
-        .await
-        .expect("lock the account");
+    let lock = lock_account(&s, alice).await;
     let first = send(&s, &a, &b.id, json!("3.00"), Some(&key)).await;
     assert_eq!((first.status, first.body["code"].as_str()), (504, Some("upstream_timeout")), "gave up: {first:?}");
     assert!(first.body["error"].as_str().is_some_and(|m| m.contains("Idempotency-Key")), "{first:?}");
@@ -458,12 +453,7 @@ async fn a_slow_request_keeps_its_key_while_it_works() {
     let key = format!("slow-{}", Uuid::new_v4());
 
     // Alice's account row locked: her hold waits behind it while the test looks on.
-    let mut lock = s.pool.begin().await.expect("begin");
-    sqlx::query("SELECT 1 FROM wallet.accounts WHERE user_id = $1 FOR UPDATE")
-        .bind(alice)
-        .execute(&mut *lock)
-        .await
-        .expect("lock the account");
+    let lock = lock_account(&s, alice).await;
     let first = send(&s, &a, &b.id, json!("2.00"), Some(&key));
     let meanwhile = async {
         let deadline = Instant::now() + Duration::from_secs(8);
@@ -493,6 +483,18 @@ async fn a_slow_request_keeps_its_key_while_it_works() {
     assert_eq!(first.status, 201, "{first:?}");
     let again = send(&s, &a, &b.id, json!("2.00"), Some(&key)).await;
     assert_eq!((again.status, again.replayed, id_of(&again)), (201, true, id_of(&first)), "{again:?}");
+}
+
+/// Locks a user's account row until the returned transaction ends, so that
+/// whatever writes it (a hold) waits.
+async fn lock_account(s: &Stack, user: Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut lock = s.pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM wallet.accounts WHERE user_id = $1 FOR UPDATE")
+        .bind(user)
+        .execute(&mut *lock)
+        .await
+        .expect("lock the account");
+    lock
 }
 
 /// Waits until the key's record may be taken over (a failed attempt handed it over).
