@@ -43,7 +43,7 @@ async fn completed_event_notifies_sender_and_receiver() {
     h.wait_for_outcome(Outcome::Stored, 1).await;
     // The log channel is always on and every attempt is recorded.
     for user in [alice, bob] {
-        assert_eq!(h.deliveries_of(user).await, vec![("log".to_string(), "ok".to_string(), None)]);
+        assert_eq!(h.wait_for_deliveries(user, 1).await, vec![("log".to_string(), "ok".to_string(), None)]);
     }
     let c = &h.state.counters;
     assert_eq!(c.stored.with_label_values(&["TRANSACTION_COMPLETED"]).get(), 1);
@@ -103,7 +103,7 @@ async fn the_same_event_twice_is_stored_once() {
     assert_eq!(h.notifications_of(alice).await.len(), 1);
     assert_eq!(h.notifications_of(bob).await.len(), 1);
     // Deliveries happened once too.
-    assert_eq!(h.deliveries_of(alice).await.len(), 1);
+    assert_eq!(h.wait_for_deliveries(alice, 1).await.len(), 1);
     assert_eq!(h.state.counters.messages_with(Outcome::Poison), 0);
     h.stop().await;
 }
@@ -151,7 +151,7 @@ async fn a_message_of_many_events_stores_each_and_a_redelivery_nothing() {
         .await
         .unwrap();
     assert_eq!(rows, 6, "two per transfer, the redelivery added none");
-    assert_eq!(h.deliveries_of(alice).await.len(), 2);
+    assert_eq!(h.wait_for_deliveries(alice, 2).await.len(), 2);
     h.stop().await;
 }
 

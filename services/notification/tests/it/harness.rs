@@ -271,6 +271,16 @@ impl Harness {
         .expect("deliveries")
     }
 
+    /// Waits until `n` delivery attempts are recorded for `user`'s notifications
+    /// (they are recorded after the notification is stored) and returns them.
+    pub async fn wait_for_deliveries(&self, user: UserId, n: usize) -> Vec<(String, String, Option<String>)> {
+        eventually(&format!("{n} deliveries for {user}"), || async {
+            let list = self.deliveries_of(user).await;
+            (list.len() == n).then_some(list)
+        })
+        .await
+    }
+
     /// Stops the consumer (which must end cleanly), checks that nothing was
     /// left unacked (the channel's close would have requeued it) and removes
     /// this harness' queues and exchanges.

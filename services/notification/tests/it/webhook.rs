@@ -99,9 +99,8 @@ async fn notifications_are_posted_signed() {
     assert_eq!(users, expected);
 
     for user in [alice, bob] {
-        eventually("recorded deliveries", || async { (h.deliveries_of(user).await.len() == 2).then_some(()) }).await;
         assert_eq!(
-            h.deliveries_of(user).await,
+            h.wait_for_deliveries(user, 2).await,
             vec![("log".to_string(), "ok".to_string(), None), ("webhook".to_string(), "ok".to_string(), None),]
         );
     }
