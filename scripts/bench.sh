@@ -67,7 +67,6 @@ fi
 [[ "$DRAIN" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--drain-timeout must be seconds, got '$DRAIN'"
 [[ "$USERS" =~ ^[0-9]+$ ]] || die "--users must be a number, got '$USERS'"
 
-STACK="$PAYFLOW_SCRIPTS/stack.sh"
 
 # Busy and total jiffies of the whole machine (/proc/stat; idle and iowait are not busy).
 cpu_jiffies() {
@@ -124,7 +123,6 @@ GATEWAY="http://127.0.0.1:$GATEWAY_PORT"
 METRICS_URLS="$GATEWAY/metrics,http://127.0.0.1:${PORTS[1]}/metrics,http://127.0.0.1:${PORTS[2]}/metrics,http://127.0.0.1:${PORTS[5]}/metrics"
 
 APP_PID=""
-STACK_OURS=0
 stop_app() {
     if [[ -n "$APP_PID" ]] && pid_alive "$APP_PID" '(^|/)payflow( |$)'; then
         log "stopping payflow dev (pid $APP_PID)"
@@ -137,9 +135,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     stop_app
-    if ((STACK_OURS)); then
-        "$STACK" stop run || warn "stopping the run stack failed; try: scripts/stack.sh stop run"
-    fi
+    stop_run_stack_if_ours
     exit "$rc"
 }
 trap cleanup EXIT
@@ -153,22 +149,8 @@ log "building (cargo build --release -p payflow -p payflow-bench)"
 cargo build --release -p payflow -p payflow-bench
 [[ -x "$BIN" && -x "$BENCH_BIN" ]] || die "build succeeded but $BIN or $BENCH_BIN is missing"
 
-# Somebody else's payflow (scripts/run.sh) would answer our requests.
-for port in "${PORTS[@]}"; do
-    if port_open "$port"; then
-        die "port $port is in use (scripts/run.sh running? stop it with: scripts/run.sh stop)"
-    fi
-done
-
-# A stack that was up before us (scripts/run.sh --no-wait) is left up.
-if port_open 24432; then
-    log "the run stack is already up; it stays up afterwards"
-else
-    STACK_OURS=1
-fi
-PAYFLOW_STACK_RABBITMQ=1 "$STACK" start run
-stack_env="$(PAYFLOW_STACK_RABBITMQ=1 "$STACK" env run)"
-eval "$stack_env"
+refuse_if_payflow_running
+start_run_stack
 
 wakeup="$(wakeup_probe "$PAYFLOW_DATABASE_URL")"
 

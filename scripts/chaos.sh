@@ -58,13 +58,11 @@ command -v python3 >/dev/null 2>&1 || die "python3 not found"
 # Refuse bad options now, not after the build.
 python3 "$CHAOS" run --dry-run "$@" >/dev/null || { log "see: scripts/chaos.sh --help"; exit 2; }
 
-STACK="$PAYFLOW_SCRIPTS/stack.sh"
 BIN="$CARGO_TARGET_DIR/debug/payflow"
 # Written by chaos.py: the pid of the payflow dev it runs now.
 CHAOS_PIDFILE="$PAYFLOW_STATE_ROOT/run/chaos-payflow.pid"
 
 CHAOS_PID=""
-STACK_OURS=0
 # shellcheck disable=SC2317  # only reached through the traps below
 cleanup() {
     local rc=$? pid
@@ -80,21 +78,14 @@ cleanup() {
         stop_pid "$pid" 30
     fi
     rm -f "$CHAOS_PIDFILE"
-    if ((STACK_OURS)); then
-        "$STACK" stop run || warn "stopping the run stack failed; try: scripts/stack.sh stop run"
-    fi
+    stop_run_stack_if_ours
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Somebody else's payflow (scripts/run.sh) would answer our requests.
-for port in $(payflow_ports); do
-    if port_open "$port"; then
-        die "port $port is in use (scripts/run.sh running? stop it with: scripts/run.sh stop)"
-    fi
-done
+refuse_if_payflow_running
 
 ensure_apt_packages "${PAYFLOW_STACK_APT_PACKAGES[@]}"
 cd "$PAYFLOW_ROOT"
@@ -103,16 +94,7 @@ log "building (cargo build -p payflow)"
 cargo build -p payflow || die "cargo build -p payflow failed"
 [[ -x "$BIN" ]] || die "build succeeded but $BIN is missing"
 
-# A stack that was up before us (scripts/run.sh --no-wait) is left up.
-if port_open 24432; then
-    port_open 24672 || log "the run stack is up without RabbitMQ; starting its RabbitMQ"
-    log "the run stack was already up; it stays up afterwards"
-else
-    STACK_OURS=1
-fi
-PAYFLOW_STACK_RABBITMQ=1 "$STACK" start run || die "could not start the run stack"
-stack_env="$(PAYFLOW_STACK_RABBITMQ=1 "$STACK" env run)" || die "scripts/stack.sh env run failed"
-eval "$stack_env"
+start_run_stack
 
 log "running migrations (payflow migrate)"
 "$BIN" migrate >&2 || die "payflow migrate failed"

@@ -171,6 +171,39 @@ wait_payflow_ready() {
     done
 }
 
+# refuse_if_payflow_running: die when something listens on a port of
+# `payflow dev` (a scripts/run.sh left running would answer our requests).
+refuse_if_payflow_running() {
+    local port
+    for port in $(payflow_ports); do
+        if port_open "$port"; then
+            die "port $port is in use (scripts/run.sh running? stop it with: scripts/run.sh stop)"
+        fi
+    done
+}
+
+# start_run_stack: start the `run` stack with RabbitMQ and load its
+# environment. A stack that was up before (scripts/run.sh --no-wait) is left
+# up at the end: RUN_STACK_OURS says whether stop_run_stack_if_ours stops it.
+RUN_STACK_OURS=0
+start_run_stack() {
+    local stack="$PAYFLOW_SCRIPTS/stack.sh" stack_env
+    if port_open 24432; then
+        port_open 24672 || log "the run stack is up without RabbitMQ; starting its RabbitMQ"
+        log "the run stack was already up; it stays up afterwards"
+    else
+        RUN_STACK_OURS=1
+    fi
+    PAYFLOW_STACK_RABBITMQ=1 "$stack" start run || die "could not start the run stack"
+    stack_env="$(PAYFLOW_STACK_RABBITMQ=1 "$stack" env run)" || die "scripts/stack.sh env run failed"
+    eval "$stack_env"
+}
+stop_run_stack_if_ours() {
+    if ((RUN_STACK_OURS)); then
+        "$PAYFLOW_SCRIPTS/stack.sh" stop run || warn "stopping the run stack failed; try: scripts/stack.sh stop run"
+    fi
+}
+
 # port_open PORT: is something listening on 127.0.0.1:PORT?
 port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null

@@ -553,6 +553,12 @@ def chaos(sup, load, plan):
         ok = sup.wait_ready(90)
         sup.ev("ready" if ok else "not-ready")
 
+    def kill_then_start(note, extra=None):
+        """kill -9, then a fresh process 1-2 s later (the kill's aftermath settles first)."""
+        sup.kill9(note)
+        time.sleep(random.uniform(1, 2))
+        sup.start(extra)
+
     def plain_kill(note="random"):
         with sup.down_on_purpose():
             sup.kill9(note)
@@ -572,9 +578,7 @@ def chaos(sup, load, plan):
                 restart()
         elif step == "startup":
             with sup.down_on_purpose():
-                sup.kill9("before startup-kill")
-                time.sleep(random.uniform(1, 2))
-                sup.start()
+                kill_then_start("before startup-kill")
                 d = random.uniform(0.15, 0.6)
                 time.sleep(d)
                 sup.kill9(f"during startup, {d*1000:.0f} ms after spawn")
@@ -594,12 +598,10 @@ def chaos(sup, load, plan):
                     point = "reversal-after-void"
                 else:
                     point = step.split(":", 1)[1]
-                sup.kill9(f"before fault {point}")
-                time.sleep(random.uniform(1, 2))
                 extra = {"PAYFLOW_FAULT": point}
                 if point == "reversal-after-void":
                     extra["PAYFLOW_REVERSAL_OLDER_THAN"] = "15s"
-                sup.start(extra)
+                kill_then_start(f"before fault {point}", extra)
                 p = sup.proc
                 try:
                     p.wait(30)
@@ -610,10 +612,8 @@ def chaos(sup, load, plan):
         elif step == "reversalkill":
             # kill right after "payflow dev is up", when the first reversal pass runs
             with sup.down_on_purpose():
-                sup.kill9("before reversal-kill")
-                time.sleep(random.uniform(1, 2))
-                off = os.path.getsize(sup.logpath)
-                sup.start()
+                off = os.path.getsize(sup.logpath)  # the old process logged "up" long ago
+                kill_then_start("before reversal-kill")
                 deadline = time.time() + 30
                 up = False
                 while time.time() < deadline and not up:
@@ -636,9 +636,7 @@ def chaos(sup, load, plan):
             try:
                 time.sleep(random.uniform(2, 4))
                 with sup.down_on_purpose():
-                    sup.kill9("while RabbitMQ restarts")
-                    time.sleep(random.uniform(1, 2))
-                    sup.start()
+                    kill_then_start("while RabbitMQ restarts")
                     sup.ev("ready" if sup.wait_ready(90) else "not-ready")
             finally:
                 out = finish_restart(rp)

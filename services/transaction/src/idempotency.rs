@@ -126,23 +126,28 @@ pub async fn release(pool: &PgPool, user: Uuid, key: &str) -> Result<(), sqlx::E
     Ok(())
 }
 
-/// Marks the unfinished record of an attempt that failed as abandoned, so the
-/// next retry takes it over at once instead of after `STALE_SECS`. Guarded by
-/// the transaction the attempt recorded or resumed: a record that another
-/// request owns is never touched. Whether a record was marked.
-pub async fn abandon(pool: &PgPool, user: Uuid, key: &str, transaction_id: Uuid) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
+/// Sets the time stamp of the unfinished record of `transaction_id` to `age_secs`
+/// ago: 0 is a heartbeat, past `STALE_SECS` marks it abandoned. Guarded by the
+/// transaction the request recorded or resumed: a record that another request
+/// owns is never touched.
+async fn stamp(pool: &PgPool, user: Uuid, key: &str, transaction_id: Uuid, age_secs: f64) -> Result<(), sqlx::Error> {
+    sqlx::query(
         "UPDATE txn.idempotency_keys SET created_at = now() - make_interval(secs => $4) \
          WHERE user_id = $1 AND key = $2 AND transaction_id = $3 AND completed_at IS NULL",
     )
     .bind(user)
     .bind(key)
     .bind(transaction_id)
-    .bind(STALE_SECS + 1.0)
+    .bind(age_secs)
     .execute(pool)
-    .await?
-    .rows_affected()
-        == 1)
+    .await?;
+    Ok(())
+}
+
+/// Marks the unfinished record of an attempt that failed as abandoned, so the
+/// next retry takes it over at once instead of after `STALE_SECS`.
+async fn abandon(pool: &PgPool, user: Uuid, key: &str, transaction_id: Uuid) -> Result<(), sqlx::Error> {
+    stamp(pool, user, key, transaction_id, STALE_SECS + 1.0).await
 }
 
 /// [`abandon`] on a task of its own, retried while the database is away (the
@@ -155,7 +160,7 @@ pub fn abandon_soon(pool: PgPool, user: Uuid, key: String, transaction_id: Uuid)
         let mut wait = Duration::from_millis(200);
         loop {
             match abandon(&pool, user, &key, transaction_id).await {
-                Ok(_) => return,
+                Ok(()) => return,
                 Err(e) if payflow_common::db::is_transient(&e) && started.elapsed() + wait < HAND_OVER_WITHIN => {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(2));
@@ -178,16 +183,7 @@ pub async fn keep_alive(pool: &PgPool, user: Uuid, key: &str, recorded: &watch::
     loop {
         tokio::time::sleep(HEARTBEAT).await;
         let transaction_id = *recorded.borrow();
-        let beat = sqlx::query(
-            "UPDATE txn.idempotency_keys SET created_at = now() \
-             WHERE user_id = $1 AND key = $2 AND transaction_id = $3 AND completed_at IS NULL",
-        )
-        .bind(user)
-        .bind(key)
-        .bind(transaction_id)
-        .execute(pool)
-        .await;
-        if let Err(e) = beat {
+        if let Err(e) = stamp(pool, user, key, transaction_id, 0.0).await {
             tracing::debug!(%transaction_id, error = %e, "idempotency heartbeat failed");
         }
     }
