@@ -2,8 +2,11 @@
 # Run every PayFlow check: formatting, clippy, and the whole test suite
 # against a fresh, throwaway test stack (scripts/stack.sh ... test).
 #
-# Usage: scripts/test.sh [ARGS...]   ARGS are passed to `cargo test`
-#        (e.g. scripts/test.sh -p payflow-auth -- --nocapture)
+# Usage: scripts/test.sh [ARGS...]   ARGS are appended to the workspace test step only
+#        (`cargo test --workspace --locked ARGS`), e.g. a test-name filter or
+#        `-- --nocapture`; every other step runs as always
+#        (e.g. scripts/test.sh refresh -- --nocapture: in that step, only tests whose
+#        name contains `refresh`, with their output shown)
 #
 # Exits non-zero on the first failing step; the test stack is always stopped.
 set -euo pipefail

@@ -54,7 +54,8 @@ pub struct DbArgs {
 /// Redis connection settings.
 #[derive(Clone, Args)]
 pub struct RedisArgs {
-    /// Redis URL, used for rate limits, the idempotency fast path and revoked tokens.
+    /// Redis URL: the gateway's rate limits and idempotency fast path, and the list of revoked
+    /// tokens (auth writes it; auth and the gateway check it).
     #[arg(
         long = "redis-url",
         env = "PAYFLOW_REDIS_URL",

@@ -101,6 +101,21 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
     }
 }
 
+/// The one parameter of a route's path, as text. Unlike `Path<String>`, a
+/// segment that does not decode (`%FF`) is a JSON 400, not axum's plain text.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(raw)) => Ok(PathParam(raw)),
+            Err(_) => Err(ApiError::validation(vec![FieldError::new("path", "must be valid percent-encoded UTF-8")])),
+        }
+    }
+}
+
 /// Parses an id from a path segment; a malformed one is a 400 naming the parameter.
 pub fn parse_path_id<T: std::str::FromStr>(raw: &str, name: &str) -> Result<T, ApiError> {
     raw.parse().map_err(|_| ApiError::validation(vec![FieldError::new(name, "must be a UUID")]))

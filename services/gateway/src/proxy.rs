@@ -19,7 +19,8 @@ use crate::state::{AppState, Upstream};
 const FORWARDED_REQUEST: &[&str] =
     &["authorization", "content-type", "accept", "idempotency-key", "user-agent", "accept-language"];
 /// Response headers a client needs.
-const FORWARDED_RESPONSE: &[&str] = &["content-type", "retry-after", "idempotent-replayed", "location"];
+const FORWARDED_RESPONSE: &[&str] =
+    &["content-type", "retry-after", "idempotent-replayed", "location", "x-next-cursor"];
 
 /// The client address, set by the rate-limit middleware.
 #[derive(Debug, Clone, Copy)]

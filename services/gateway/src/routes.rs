@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -11,7 +11,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use payflow_common::bearer::{bearer_token, AuthUser};
 use payflow_common::error::ApiError;
-use payflow_common::extract::parse_path_id;
+use payflow_common::extract::{parse_path_id, PathParam};
 use payflow_common::ids::UserId;
 use payflow_common::jwt::TokenError;
 use payflow_common::server::{with_common_layers, ServiceInfo};
@@ -104,14 +104,14 @@ async fn to_notification(State(s): State<AppState>, req: Request) -> Response {
 async fn own_notifications(
     State(s): State<AppState>,
     user: AuthUser,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
     req: Request,
 ) -> Response {
     forward_if_own(&s, &s.upstreams.notification, &user, &raw, req).await
 }
 
 /// Object-level check at the edge too: another user's wallet never leaves the gateway.
-async fn own_wallet(State(s): State<AppState>, user: AuthUser, Path(raw): Path<String>, req: Request) -> Response {
+async fn own_wallet(State(s): State<AppState>, user: AuthUser, PathParam(raw): PathParam, req: Request) -> Response {
     forward_if_own(&s, &s.upstreams.wallet, &user, &raw, req).await
 }
 

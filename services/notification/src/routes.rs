@@ -1,11 +1,11 @@
 //! The public API: a user's notifications and marking one read.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use payflow_common::bearer::AuthUser;
 use payflow_common::error::{ApiError, ApiResult};
-use payflow_common::extract::parse_path_id;
+use payflow_common::extract::{parse_path_id, PathParam};
 use payflow_common::health::Readiness;
 use payflow_common::ids::UserId;
 use payflow_common::server::{with_common_layers, ServiceInfo};
@@ -29,7 +29,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// `GET /api/notifications/:userId`: the caller's own, newest first.
-async fn list(State(state): State<AppState>, user: AuthUser, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+async fn list(State(state): State<AppState>, user: AuthUser, PathParam(raw): PathParam) -> ApiResult<Json<Value>> {
     let owner: UserId = parse_path_id(&raw, "userId")?;
     user.require_self(owner)?;
     let rows = store::list_for_user(&state.pool, owner, store::LIST_LIMIT).await?;
@@ -37,7 +37,7 @@ async fn list(State(state): State<AppState>, user: AuthUser, Path(raw): Path<Str
 }
 
 /// `PUT /api/notifications/:id/read`: idempotent; answers the notification.
-async fn mark_read(State(state): State<AppState>, user: AuthUser, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+async fn mark_read(State(state): State<AppState>, user: AuthUser, PathParam(raw): PathParam) -> ApiResult<Json<Value>> {
     let id: Uuid = parse_path_id(&raw, "id")?;
     match store::mark_read(&state.pool, id, user.id()).await? {
         MarkRead::Done(n) => Ok(Json(n.to_json())),

@@ -10,7 +10,9 @@ pub struct WalletArgs {
     pub wallet_url: String,
     #[command(flatten)]
     pub service_token: ServiceTokenArgs,
-    /// Seconds a pending transfer (hold) lives before the reversal may void it.
+    /// Timeout in seconds (1-86400, wallet's limit) that wallet records on each hold this
+    /// process places (its `timeout_at`). Nothing acts on it: wallet does not expire holds,
+    /// and the reversal picks transactions by its `--older-than`.
     #[arg(long = "pending-timeout-secs", env = "PAYFLOW_PENDING_TIMEOUT_SECS", default_value_t = 60)]
     pub pending_timeout_secs: u64,
 }

@@ -115,30 +115,40 @@ pub async fn finish(pool: &PgPool, user: Uuid, key: &str, status: u16, body: &st
     Ok(())
 }
 
-/// Forgets an unfinished record (the request failed without a lasting effect),
-/// so the client can retry with the same key.
-pub async fn release(pool: &PgPool, user: Uuid, key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM txn.idempotency_keys WHERE user_id = $1 AND key = $2 AND completed_at IS NULL")
-        .bind(user)
-        .bind(key)
-        .execute(pool)
-        .await?;
+/// Forgets an unfinished record whose transaction could not be recorded, so
+/// the client can retry with the same key. If the record does point at
+/// `transaction_id` (the insert committed and only its answer was lost), it
+/// stays: that transaction is the key's.
+pub async fn release_unless(pool: &PgPool, user: Uuid, key: &str, transaction_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM txn.idempotency_keys WHERE user_id = $1 AND key = $2 AND completed_at IS NULL \
+         AND transaction_id IS DISTINCT FROM $3",
+    )
+    .bind(user)
+    .bind(key)
+    .bind(transaction_id)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
 /// Sets the time stamp of the unfinished record of `transaction_id` to `age_secs`
 /// ago: 0 is a heartbeat, past `STALE_SECS` marks it abandoned. Guarded by the
 /// transaction the request recorded or resumed: a record that another request
-/// owns is never touched.
+/// owns is never touched. A record already stale is left as it is: a heartbeat
+/// sent just before its request ended can reach the database after the
+/// hand-over mark, and must not make the retry wait `STALE_SECS` again.
 async fn stamp(pool: &PgPool, user: Uuid, key: &str, transaction_id: Uuid, age_secs: f64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE txn.idempotency_keys SET created_at = now() - make_interval(secs => $4) \
-         WHERE user_id = $1 AND key = $2 AND transaction_id = $3 AND completed_at IS NULL",
+         WHERE user_id = $1 AND key = $2 AND transaction_id = $3 AND completed_at IS NULL \
+         AND created_at > now() - make_interval(secs => $5)",
     )
     .bind(user)
     .bind(key)
     .bind(transaction_id)
     .bind(age_secs)
+    .bind(STALE_SECS)
     .execute(pool)
     .await?;
     Ok(())
@@ -196,4 +206,58 @@ pub async fn purge(pool: &PgPool, older_than_hours: i64) -> Result<u64, sqlx::Er
         .execute(pool)
         .await?
         .rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn recorded_key(pool: &PgPool) -> (Uuid, String, Vec<u8>, Uuid) {
+        let (user, key, txn) = (Uuid::now_v7(), format!("k-{}", Uuid::now_v7()), Uuid::now_v7());
+        let fp = fingerprint(Uuid::now_v7(), 100, "USD", None);
+        assert!(matches!(begin(pool, user, &key, &fp).await.expect("begin"), Begin::Fresh));
+        sqlx::query("UPDATE txn.idempotency_keys SET transaction_id = $3 WHERE user_id = $1 AND key = $2")
+            .bind(user)
+            .bind(&key)
+            .bind(txn)
+            .execute(pool)
+            .await
+            .expect("record the transaction");
+        (user, key, fp, txn)
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_that_lands_after_the_hand_over_does_not_revive_the_record() {
+        let pool = crate::migrated_test_pool().await;
+        let (user, key, fp, txn) = recorded_key(&pool).await;
+        abandon(&pool, user, &key, txn).await.expect("abandon");
+        stamp(&pool, user, &key, txn, 0.0).await.expect("late heartbeat");
+        let retry = begin(&pool, user, &key, &fp).await.expect("retry");
+        assert!(matches!(retry, Begin::Resume { transaction_id } if transaction_id == txn), "{retry:?}");
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_keeps_a_live_record_in_flight_and_only_its_own() {
+        let pool = crate::migrated_test_pool().await;
+        let (user, key, fp, txn) = recorded_key(&pool).await;
+        // Two seconds old, then a heartbeat: fresh again, so a retry waits.
+        sqlx::query("UPDATE txn.idempotency_keys SET created_at = now() - interval '2 s' WHERE user_id = $1")
+            .bind(user)
+            .execute(&pool)
+            .await
+            .expect("age");
+        stamp(&pool, user, &key, txn, 0.0).await.expect("heartbeat");
+        let age: f64 = sqlx::query_scalar(
+            "SELECT extract(epoch FROM now() - created_at)::float8 FROM txn.idempotency_keys WHERE user_id = $1",
+        )
+        .bind(user)
+        .fetch_one(&pool)
+        .await
+        .expect("age");
+        assert!(age < 1.0, "not refreshed: {age} s old");
+        assert!(matches!(begin(&pool, user, &key, &fp).await.expect("retry"), Begin::InFlight));
+        // Another transaction's request cannot mark this record abandoned.
+        abandon(&pool, user, &key, Uuid::now_v7()).await.expect("abandon someone else's");
+        assert!(matches!(begin(&pool, user, &key, &fp).await.expect("retry"), Begin::InFlight));
+    }
 }

@@ -162,10 +162,12 @@ pub async fn insert_pending_many(
 /// The statement of [`accept_many`].
 static ACCEPT_MANY: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "WITH i AS (SELECT * FROM unnest($6::uuid[], $7::text[], $8::text[]) AS i(key_user, key, response)), \
+        "WITH i AS (SELECT * FROM unnest($6::uuid[], $7::text[], $8::text[], $9::uuid[]) \
+                    AS i(key_user, key, response, id)), \
               o AS ({INSERT_OUTBOX}) \
          UPDATE txn.idempotency_keys k SET response_status = 201, response_body = i.response, completed_at = now() \
-         FROM i WHERE k.user_id = i.key_user AND k.key = i.key"
+         FROM i WHERE k.user_id = i.key_user AND k.key = i.key AND k.transaction_id = i.id \
+         AND k.completed_at IS NULL"
     )
 });
 
@@ -194,6 +196,7 @@ pub async fn accept_many(pool: &PgPool, topology: &Topology, items: &[Accepted])
         .bind(items.iter().map(|a| a.key.as_ref().map(|k| k.0)).collect::<Vec<_>>())
         .bind(items.iter().map(|a| a.key.as_ref().map(|k| k.1.as_str())).collect::<Vec<_>>())
         .bind(items.iter().map(|a| a.response.as_str()).collect::<Vec<_>>())
+        .bind(items.iter().map(|a| a.id).collect::<Vec<_>>())
         .execute(pool)
         .await?;
     Ok(())
@@ -228,45 +231,62 @@ pub async fn insert_pending(
 }
 
 /// Wallet refused the hold synchronously: nothing was held, so the row goes
-/// (the client got its error; nothing is left to reverse).
+/// and the refusal becomes the key's answer (the client got its error;
+/// nothing is left to reverse). `false`, with nothing written, when the row
+/// is no longer PENDING (the reversal finished it): it stays, and so does the
+/// key's record pointing at it.
 pub async fn reject(
     pool: &PgPool,
     id: Uuid,
     idempotency: Option<(Uuid, &str)>,
     status: u16,
     response: &Value,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    if let Some((user, key)) = idempotency {
-        sqlx::query("UPDATE txn.idempotency_keys SET transaction_id = NULL WHERE user_id = $1 AND key = $2")
-            .bind(user)
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-        complete_idempotency(&mut tx, user, key, status, response).await?;
+    if sqlx::query(DELETE_PENDING).bind(id).execute(&mut *tx).await?.rows_affected() == 0 {
+        return Ok(false);
     }
-    sqlx::query(DELETE_PENDING).bind(id).execute(&mut *tx).await?;
-    tx.commit().await
+    if let Some((user, key)) = idempotency {
+        sqlx::query(
+            "UPDATE txn.idempotency_keys \
+             SET transaction_id = NULL, response_status = $4, response_body = $5, completed_at = now() \
+             WHERE user_id = $1 AND key = $2 AND transaction_id = $3 AND completed_at IS NULL",
+        )
+        .bind(user)
+        .bind(key)
+        .bind(id)
+        .bind(status as i16)
+        .bind(response.to_string())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
-async fn complete_idempotency(
-    tx: &mut DbTx<'_, Postgres>,
-    user: Uuid,
-    key: &str,
-    status: u16,
-    response: &Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE txn.idempotency_keys SET response_status = $3, response_body = $4, completed_at = now() \
-         WHERE user_id = $1 AND key = $2",
-    )
-    .bind(user)
-    .bind(key)
-    .bind(status as i16)
-    .bind(response.to_string())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+/// Drops a PENDING row whose hold is known not to exist (voided), together
+/// with the unfinished key record pointing at it, so the client may retry with
+/// the same key. `false`, with nothing written, when the row is no longer
+/// PENDING: then the key must stay with its transaction (one key, one
+/// transaction).
+pub async fn forget(pool: &PgPool, id: Uuid, idempotency: Option<(Uuid, &str)>) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if sqlx::query(DELETE_PENDING).bind(id).execute(&mut *tx).await?.rows_affected() == 0 {
+        return Ok(false);
+    }
+    if let Some((user, key)) = idempotency {
+        sqlx::query(
+            "DELETE FROM txn.idempotency_keys \
+             WHERE user_id = $1 AND key = $2 AND transaction_id = $3 AND completed_at IS NULL",
+        )
+        .bind(user)
+        .bind(key)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// Drives transactions to a final state after wallet decided, with their
@@ -355,6 +375,72 @@ pub async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A PENDING transaction recorded under a fresh key, as the accept path records it.
+    async fn pending_with_key(pool: &PgPool) -> (Uuid, Uuid, String) {
+        let (user, key) = (Uuid::now_v7(), format!("k-{}", Uuid::now_v7()));
+        let new = NewTransaction {
+            id: Uuid::now_v7(),
+            from: user,
+            to: Uuid::now_v7(),
+            amount: 100,
+            currency: "USD".into(),
+            description: None,
+            correlation_id: "store-test".into(),
+        };
+        let fresh = FreshKey { user, key: key.clone(), fingerprint: vec![1] };
+        let rows = insert_pending_many(pool, &[(new.clone(), Some(fresh))]).await.expect("insert");
+        assert!(rows[0].is_some());
+        (new.id, user, key)
+    }
+
+    async fn key_record(pool: &PgPool, user: Uuid, key: &str) -> Option<(Option<Uuid>, Option<i16>)> {
+        sqlx::query_as(
+            "SELECT transaction_id, response_status FROM txn.idempotency_keys WHERE user_id = $1 AND key = $2",
+        )
+        .bind(user)
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+        .expect("read key")
+    }
+
+    #[tokio::test]
+    async fn a_transaction_the_reversal_finished_keeps_its_key_whatever_the_accept_then_reports() {
+        let pool = crate::migrated_test_pool().await;
+        let (id, user, key) = pending_with_key(&pool).await;
+        sqlx::query(&FAIL).bind(vec![id]).bind(vec!["reversed"]).execute(&pool).await.expect("fail it");
+        let idem = Some((user, key.as_str()));
+        assert!(!forget(&pool, id, idem).await.expect("forget"));
+        assert!(!reject(&pool, id, idem, 422, &serde_json::json!({"error": "Insufficient funds"}))
+            .await
+            .expect("reject"));
+        assert_eq!(key_record(&pool, user, &key).await, Some((Some(id), None)), "the key stays with its transaction");
+        let status: String = sqlx::query_scalar("SELECT status FROM txn.transactions WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+        assert_eq!(status, "FAILED");
+    }
+
+    #[tokio::test]
+    async fn a_voided_pending_transaction_is_forgotten_with_its_key_and_a_refused_one_answers_from_it() {
+        let pool = crate::migrated_test_pool().await;
+        let (id, user, key) = pending_with_key(&pool).await;
+        assert!(forget(&pool, id, Some((user, key.as_str()))).await.expect("forget"));
+        assert_eq!(key_record(&pool, user, &key).await, None);
+
+        let (id, user, key) = pending_with_key(&pool).await;
+        let refusal = serde_json::json!({"error": "Insufficient funds"});
+        assert!(reject(&pool, id, Some((user, key.as_str())), 422, &refusal).await.expect("reject"));
+        assert_eq!(key_record(&pool, user, &key).await, Some((None, Some(422))));
+        // A late accept of the same transaction does not overwrite the stored refusal.
+        let late =
+            Accepted { id, correlation_id: "late".into(), key: Some((user, key.clone())), response: "{}".into() };
+        accept_many(&pool, &Topology::new("store-test", 5), &[late]).await.expect("accept");
+        assert_eq!(key_record(&pool, user, &key).await, Some((None, Some(422))));
+    }
 
     #[tokio::test]
     async fn guarded_updates_by_id_use_the_primary_key_not_the_open_index() {

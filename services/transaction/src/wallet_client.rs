@@ -168,7 +168,10 @@ impl WalletClient {
         match (status, body["state"].as_str(), body["code"].as_str()) {
             (200, Some("posted"), _) | (409, _, Some("transfer_posted")) => Ok(Resolution::Posted),
             (200, Some("voided"), _) | (409, _, Some("transfer_voided")) => Ok(Resolution::Voided),
-            (404, _, _) => Ok(Resolution::NotFound),
+            // Wallet's own answer only: any other 404 (a wrong URL, a proxy) says
+            // nothing about the transfer, and reading it as "never held" would fail
+            // a transaction whose money may still move.
+            (404, _, Some("transfer_not_found")) => Ok(Resolution::NotFound),
             _ => Err(Unavailable(format!("unexpected wallet answer {status}: {body}"))),
         }
     }

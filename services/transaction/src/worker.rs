@@ -226,7 +226,17 @@ impl Worker {
         let mut seen = HashSet::new();
         let ids: Vec<Uuid> =
             work.iter().flat_map(|(_, m)| m.body.ids()).copied().filter(|id| seen.insert(*id)).collect();
-        sqlx::query(MARK_PROCESSING).bind(&ids).execute(&self.pool).await?;
+        if let Err(e) = sqlx::query(MARK_PROCESSING).bind(&ids).execute(&self.pool).await {
+            // Nothing was posted yet. Parked in the retry queue like any other failed commit:
+            // ending the session instead would return every prefetched message to the broker,
+            // each redelivery counted against the delivery limit, so a database outage of
+            // half a minute would dead-letter settlements that only needed to wait.
+            tracing::warn!(error = %e, "could not mark the batch PROCESSING; retrying it later");
+            for (d, m) in work {
+                self.retry_later(d, &m, retry).await?;
+            }
+            return Ok(());
+        }
 
         let correlation = work.first().map(|(_, m)| m.correlation_id.clone()).unwrap_or_default();
         let outcomes = self.resolve_all(&ids, &correlation).await;

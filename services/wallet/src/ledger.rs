@@ -256,7 +256,7 @@ pub async fn create_pending_many(
     pool: &PgPool,
     news: &[NewTransfer],
 ) -> Result<Vec<Result<Outcome<Transfer>, LedgerError>>, LedgerError> {
-    // wallet.hold_batch (migrations/0003_hold_batch_function.sql) checks everything below
+    // wallet.hold_batch (migrations/0003, as amended by 0005) checks everything below
     // again; a self-transfer is refused here because the function does not look for it.
     // An id given twice is sent once: the repeat compares with what the first stored.
     let mut seen = HashSet::with_capacity(news.len());
@@ -460,12 +460,74 @@ async fn move_money(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn guarded_statements_by_id_use_the_primary_key_not_the_pending_index() {
+    async fn migrated_pool(connections: u32) -> PgPool {
         let url = std::env::var("PAYFLOW_TEST_DATABASE_URL")
             .expect("PAYFLOW_TEST_DATABASE_URL is not set: run the tests with scripts/test.sh");
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.expect("connect");
+        let pool =
+            sqlx::postgres::PgPoolOptions::new().max_connections(connections).connect(&url).await.expect("connect");
         crate::migrate(&pool).await.expect("migrate");
+        pool
+    }
+
+    #[tokio::test]
+    async fn a_hold_repeated_while_the_first_is_uncommitted_finds_it_instead_of_refusing() {
+        let pool = migrated_pool(3).await;
+        let usd = Currency::parse("USD").expect("USD");
+        let (from, to) = (UserId(Uuid::now_v7()), UserId(Uuid::now_v7()));
+        for user in [from, to] {
+            create_wallet(&pool, user, "hold test", usd, 100_000).await.expect("wallet");
+        }
+        // 600.00 of 1000.00: a second hold of it would not fit beside the first.
+        let new = NewTransfer {
+            id: TransferId(Uuid::now_v7()),
+            from,
+            to,
+            amount: 60_000,
+            currency: usd,
+            timeout: Duration::from_secs(60),
+        };
+        let mut first = pool.begin().await.expect("begin");
+        let outcome: String = sqlx::query_scalar("SELECT o_outcome FROM wallet.hold_batch($1, $2, $3, $4, $5, $6)")
+            .bind(vec![new.id.0])
+            .bind(vec![from.0])
+            .bind(vec![to.0])
+            .bind(vec![new.amount])
+            .bind(vec!["USD"])
+            .bind(vec![60.0_f64])
+            .fetch_one(&mut *first)
+            .await
+            .expect("first hold");
+        assert_eq!(outcome, "created");
+
+        // The repeat (a retry after a timeout) waits for the sender's row behind the first.
+        let repeat = tokio::spawn({
+            let (pool, new) = (pool.clone(), new.clone());
+            async move { create_pending(&pool, &new).await }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%hold_batch%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("activity");
+            if waiting > 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the repeated hold never waited for the first");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        first.commit().await.expect("commit");
+        let repeat = repeat.await.expect("join");
+        assert!(matches!(repeat, Ok(Outcome::Existing(ref t)) if t.id == new.id.0), "{repeat:?}");
+        let w = get_wallet(&pool, from).await.expect("read").expect("wallet");
+        assert_eq!((w.balance, w.pending_debits), (100_000, 60_000), "held once: {w:?}");
+    }
+
+    #[tokio::test]
+    async fn guarded_statements_by_id_use_the_primary_key_not_the_pending_index() {
+        let pool = migrated_pool(1).await;
         let ids = vec![Uuid::now_v7(), Uuid::now_v7()];
         let body: String = sqlx::query_scalar(
             "SELECT prosrc FROM pg_proc WHERE proname = 'post_batch' AND pronamespace = 'wallet'::regnamespace",

@@ -215,9 +215,47 @@ async fn synchronous_refusals_and_amount_rules() {
         .await
         .expect("send");
     assert_eq!(res.status(), 403, "fromUserId must be the caller");
+    // A client may name the currency this PayFlow moves, never another; it never sets a status.
+    let with = |extra: Value| {
+        let mut body = json!({"toUserId": b.id, "amount": 1});
+        body.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        s.http.post(s.url("/api/transactions")).bearer_auth(&a.access).json(&body).send()
+    };
+    let refused = [
+        (json!({"currency": "EUR"}), "currency"),
+        (json!({"status": "COMPLETED"}), "status"),
+        (json!({"description": "a\u{0}b"}), "description"),
+    ];
+    for (extra, field) in refused {
+        let res = with(extra.clone()).await.expect("send");
+        assert_eq!(res.status(), 400, "{extra}");
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body["details"][0]["path"], field, "{body}");
+    }
+    assert_eq!(with(json!({"currency": "USD"})).await.expect("send").status(), 201);
     // Nothing refused left a transaction behind.
     let (_, list) = get(&s, "/api/transactions", &a.access).await;
-    assert_eq!(list.as_array().map(Vec::len), Some(3));
+    assert_eq!(list.as_array().map(Vec::len), Some(4));
+
+    // Paging through the gateway: each page names the next one's cursor; empty
+    // parameters (`?status=`) mean "not given", as the older PayFlow read them.
+    let mut seen = Vec::new();
+    let mut path = "/api/transactions?limit=3&status=".to_string();
+    loop {
+        let res = s.http.get(s.url(&path)).bearer_auth(&a.access).send().await.expect("list");
+        assert_eq!(res.status(), 200, "{path}");
+        let next = res.headers().get("x-next-cursor").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let page: Vec<Value> = res.json().await.expect("json");
+        seen.extend(page.iter().map(|t| t["id"].clone()));
+        match next {
+            Some(cursor) => path = format!("/api/transactions?limit=3&cursor={cursor}&page="),
+            None => break,
+        }
+    }
+    assert_eq!(seen, list.as_array().expect("array").iter().map(|t| t["id"].clone()).collect::<Vec<_>>());
+    // A path segment that does not decode is a JSON 400, like any bad input.
+    let (status, body) = get(&s, "/api/transactions/%FF", &a.access).await;
+    assert_eq!((status, body["details"][0]["path"].as_str()), (400, Some("path")), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

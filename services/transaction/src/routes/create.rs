@@ -35,7 +35,7 @@ use crate::store::{self, Accepted, FreshKey, NewTransaction};
 use crate::wallet_client::{Hold, HoldRequest, Resolution};
 
 /// Fields a client must never set; refused rather than silently ignored.
-const FORBIDDEN: &[&str] = &["id", "status", "balance", "error_message", "completed_at", "currency"];
+const FORBIDDEN: &[&str] = &["id", "status", "balance", "error_message", "completed_at"];
 
 #[derive(Deserialize)]
 struct Body<'a> {
@@ -62,6 +62,13 @@ fn validate(bytes: &[u8], caller: Uuid, s: &AppState) -> ApiResult<Valid> {
         .filter(|f| map.contains_key(**f))
         .map(|f| FieldError::new(*f, "must not be set by the client"))
         .collect();
+    // Older clients may name the currency; only the one this PayFlow moves is
+    // accepted, never another silently moved as this one.
+    if let Some(c) = map.get("currency") {
+        if !c.as_str().is_some_and(|c| c.eq_ignore_ascii_case(s.currency.code())) {
+            details.push(FieldError::new("currency", format!("must be {}", s.currency.code())));
+        }
+    }
     // The syntax passed above; what is left is the shape (a field given twice).
     let body: Body = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::validation(vec![FieldError::new("body", strip_position(&e.to_string()))]))?;
@@ -104,7 +111,12 @@ fn validate(bytes: &[u8], caller: Uuid, s: &AppState) -> ApiResult<Valid> {
     };
     let description = match body.description {
         None | Some(Value::Null) => None,
-        Some(Value::String(d)) if d.chars().count() <= 255 => Some(d),
+        Some(Value::String(d)) if d.chars().count() <= 255 && !d.contains('\0') => Some(d),
+        // Postgres text cannot hold a NUL: refused here rather than failing the insert.
+        Some(Value::String(d)) if d.contains('\0') => {
+            details.push(FieldError::new("description", "must not contain NUL characters"));
+            None
+        }
         Some(_) => {
             details.push(FieldError::new("description", "must be a string of at most 255 characters"));
             None
@@ -225,8 +237,10 @@ async fn accept(
             let voided =
                 matches!(s.wallet.void(t.id, &new.correlation_id).await, Ok(Resolution::Voided | Resolution::NotFound));
             if voided {
-                match store::reject(&s.pool, t.id, None, 503, &Value::Null).await {
-                    Ok(()) => release(s, caller, key).await,
+                match store::forget(&s.pool, t.id, idem).await {
+                    Ok(true) => {}
+                    // The reversal finished it meanwhile: the key stays with it.
+                    Ok(false) => tracing::warn!(transaction_id = %t.id, "voided, but no longer PENDING; the key stays"),
                     Err(e) => {
                         tracing::warn!(transaction_id = %t.id, error = %e, "voided, but the row stays; so does its key")
                     }
@@ -281,7 +295,11 @@ async fn hold_then_accept(
         }
         Hold::Refused(status, err) => {
             let body = json!({"error": err["error"], "code": err["code"]});
-            store::reject(&s.pool, t.id, idem, status, &body).await?;
+            // Not PENDING any more means the reversal finished it; the refusal is
+            // still the answer to this request, and a retry resumes the transaction.
+            if !store::reject(&s.pool, t.id, idem, status, &body).await? {
+                tracing::warn!(transaction_id = %t.id, "hold refused, but no longer PENDING; the key stays");
+            }
             s.txn_metrics.rejected.with_label_values(&[&status.to_string()]).inc();
             Ok(Outcome::Answered(json_response(status, body.to_string(), replayed)))
         }
@@ -294,16 +312,10 @@ async fn record_under_taken_key(s: &AppState, new: &NewTransaction, caller: Uuid
     match store::insert_pending(&s.pool, new, Some((caller, key))).await {
         Ok(t) => Ok(t),
         Err(e) => {
-            release(s, caller, Some(key)).await;
+            if let Err(e) = idempotency::release_unless(&s.pool, caller, key, new.id).await {
+                tracing::warn!(error = %e, "could not release idempotency record");
+            }
             Err(e.into())
-        }
-    }
-}
-
-async fn release(s: &AppState, caller: Uuid, key: Option<&str>) {
-    if let Some(k) = key {
-        if let Err(e) = idempotency::release(&s.pool, caller, k).await {
-            tracing::warn!(error = %e, "could not release idempotency record");
         }
     }
 }

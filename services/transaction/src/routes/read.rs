@@ -1,12 +1,12 @@
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use payflow_common::bearer::AuthUser;
 use payflow_common::error::{ApiError, ApiResult, FieldError};
-use payflow_common::extract::parse_path_id;
+use payflow_common::extract::{parse_path_id, PathParam};
 use payflow_common::ids::TransferId;
 use serde_json::Value;
 use uuid::Uuid;
@@ -27,8 +27,11 @@ struct ListQuery {
 }
 
 fn parse_query(q: &HashMap<String, String>, caller: &AuthUser) -> ApiResult<ListQuery> {
+    // An empty value (`?status=`) means the parameter was not given, as the
+    // older PayFlow read it.
+    let get = |name: &str| q.get(name).map(String::as_str).filter(|v| !v.is_empty());
     let mut details = Vec::new();
-    let limit = match q.get("limit").map(|l| l.parse::<i64>()) {
+    let limit = match get("limit").map(|l| l.parse::<i64>()) {
         None => DEFAULT_LIMIT,
         Some(Ok(l)) if (1..=MAX_LIMIT).contains(&l) => l,
         Some(_) => {
@@ -36,7 +39,7 @@ fn parse_query(q: &HashMap<String, String>, caller: &AuthUser) -> ApiResult<List
             DEFAULT_LIMIT
         }
     };
-    let status = match q.get("status") {
+    let status = match get("status") {
         None => None,
         Some(s) => match Status::parse(s) {
             Some(st) => Some(st),
@@ -46,7 +49,7 @@ fn parse_query(q: &HashMap<String, String>, caller: &AuthUser) -> ApiResult<List
             }
         },
     };
-    let cursor = match q.get("cursor").map(|c| Uuid::parse_str(c)) {
+    let cursor = match get("cursor").map(Uuid::parse_str) {
         None => None,
         Some(Ok(c)) => Some(c),
         Some(Err(_)) => {
@@ -54,7 +57,7 @@ fn parse_query(q: &HashMap<String, String>, caller: &AuthUser) -> ApiResult<List
             None
         }
     };
-    let offset = match q.get("page").map(|p| p.parse::<i64>()) {
+    let offset = match get("page").map(|p| p.parse::<i64>()) {
         None => 0,
         Some(Ok(p)) if (1..=10_000).contains(&p) => (p - 1) * limit,
         Some(_) => {
@@ -62,14 +65,14 @@ fn parse_query(q: &HashMap<String, String>, caller: &AuthUser) -> ApiResult<List
             0
         }
     };
-    if q.contains_key("cursor") && q.contains_key("page") {
+    if get("cursor").is_some() && get("page").is_some() {
         details.push(FieldError::new("page", "cannot be combined with cursor"));
     }
     if !details.is_empty() {
         return Err(ApiError::validation(details));
     }
     // Older clients send their own id; anyone else's is refused.
-    if let Some(user) = q.get("userId") {
+    if let Some(user) = get("userId") {
         if Uuid::parse_str(user).ok() != Some(caller.id().0) {
             return Err(ApiError::forbidden());
         }
@@ -96,7 +99,7 @@ pub async fn list(
 }
 
 /// One transaction, to its parties only; to anyone else it does not exist.
-pub async fn get_one(State(s): State<AppState>, user: AuthUser, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get_one(State(s): State<AppState>, user: AuthUser, PathParam(raw): PathParam) -> ApiResult<Json<Value>> {
     let id: TransferId = parse_path_id(&raw, "id")?;
     let t = store::get(&s.pool, id.0)
         .await?

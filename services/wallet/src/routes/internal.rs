@@ -1,10 +1,10 @@
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use payflow_common::error::{ApiError, ApiResult, FieldError};
-use payflow_common::extract::{parse_path_id, ApiJson};
+use payflow_common::extract::{parse_path_id, ApiJson, PathParam};
 use payflow_common::ids::{TransferId, UserId};
 use payflow_common::money::Currency;
 use serde::Deserialize;
@@ -52,7 +52,7 @@ pub async fn create_wallet(
     }))
 }
 
-pub async fn get_wallet(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get_wallet(State(state): State<AppState>, PathParam(raw): PathParam) -> ApiResult<Json<Value>> {
     let user: UserId = parse_path_id(&raw, "userId")?;
     let wallet = ledger::get_wallet(&state.pool, user).await?.ok_or_else(|| ApiError::not_found("Wallet not found"))?;
     Ok(Json(wallet_json(&wallet)))
@@ -154,18 +154,18 @@ pub async fn hold_batch(State(state): State<AppState>, ApiJson(req): ApiJson<Hol
     Ok(Json(Value::Array(items)))
 }
 
-pub async fn get_transfer(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get_transfer(State(state): State<AppState>, PathParam(raw): PathParam) -> ApiResult<Json<Value>> {
     let id: TransferId = parse_path_id(&raw, "id")?;
     let t = ledger::get_transfer(&state.pool, id).await?.ok_or_else(|| ApiError::not_found("Transfer not found"))?;
     Ok(Json(transfer_json(&t)))
 }
 
-pub async fn post_transfer(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn post_transfer(State(state): State<AppState>, PathParam(raw): PathParam) -> ApiResult<Json<Value>> {
     let id: TransferId = parse_path_id(&raw, "id")?;
     Ok(Json(transfer_json(&ledger::post(&state.pool, id).await?)))
 }
 
-pub async fn void_transfer(State(state): State<AppState>, Path(raw): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn void_transfer(State(state): State<AppState>, PathParam(raw): PathParam) -> ApiResult<Json<Value>> {
     let id: TransferId = parse_path_id(&raw, "id")?;
     Ok(Json(transfer_json(&ledger::void(&state.pool, id).await?)))
 }

@@ -1,8 +1,8 @@
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use payflow_common::bearer::AuthUser;
 use payflow_common::error::{ApiError, ApiResult};
-use payflow_common::extract::parse_path_id;
+use payflow_common::extract::{parse_path_id, PathParam};
 use payflow_common::ids::UserId;
 use serde_json::{json, Value};
 
@@ -23,7 +23,7 @@ pub async fn directory(State(state): State<AppState>, _user: AuthUser) -> ApiRes
 pub async fn get_wallet(
     State(state): State<AppState>,
     user: AuthUser,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam,
 ) -> ApiResult<Json<Value>> {
     let owner: UserId = parse_path_id(&raw, "userId")?;
     user.require_self(owner)?;
