@@ -11,8 +11,8 @@ pub struct WalletArgs {
     #[command(flatten)]
     pub service_token: ServiceTokenArgs,
     /// Timeout in seconds (1-86400, wallet's limit) that wallet records on each hold this
-    /// process places (its `timeout_at`). Nothing acts on it: wallet does not expire holds,
-    /// and the reversal picks transactions by its `--older-than`.
+    /// process places (its `timeout_at`); wallet voids a hold still unresolved this long plus
+    /// its expiry grace after. The reversal picks transactions by its own `--older-than`.
     #[arg(long = "pending-timeout-secs", env = "PAYFLOW_PENDING_TIMEOUT_SECS", default_value_t = 60)]
     pub pending_timeout_secs: u64,
 }

@@ -21,4 +21,9 @@ pub struct Config {
     /// Currency of new wallets (ISO 4217).
     #[arg(long = "default-currency", env = "PAYFLOW_DEFAULT_CURRENCY", default_value = "USD")]
     pub default_currency: String,
+    /// Seconds past its timeout after which wallet voids a hold that nobody posted or voided,
+    /// giving its money back (0: never). The reversal resolves holds long before; this frees
+    /// money whose transaction was lost.
+    #[arg(long = "hold-expiry-grace-secs", env = "PAYFLOW_HOLD_EXPIRY_GRACE_SECS", default_value_t = 120)]
+    pub hold_expiry_grace_secs: u64,
 }

@@ -123,6 +123,29 @@ const LOCK_PENDING: &str = "SELECT id, debit_account_id, credit_account_id, amou
 const VOID_PENDING: &str = "UPDATE wallet.transfers SET state = 'voided', resolved_at = now() \
      WHERE id = $1 AND (state = 'pending') IS TRUE RETURNING debit_account_id, amount";
 
+/// Holds whose timeout passed more than `$1` seconds ago, oldest first, at most `$2`.
+const EXPIRED_HOLDS: &str = "SELECT id FROM wallet.transfers \
+     WHERE state = 'pending' AND timeout_at < now() - make_interval(secs => $1) ORDER BY timeout_at LIMIT $2";
+
+/// Voids holds past their timeout by more than `grace` (at most `limit` per
+/// call), as TigerBeetle expires pending transfers: their money goes back to
+/// the sender. Each goes through [`void`], so a hold posted meanwhile stays
+/// posted. The ids voided.
+pub async fn void_expired(pool: &PgPool, grace: Duration, limit: i64) -> Result<Vec<Uuid>, LedgerError> {
+    let ids: Vec<Uuid> =
+        sqlx::query_scalar(EXPIRED_HOLDS).bind(grace.as_secs_f64()).bind(limit).fetch_all(pool).await?;
+    let mut voided = Vec::with_capacity(ids.len());
+    for id in ids {
+        match void(pool, TransferId(id)).await {
+            Ok(_) => voided.push(id),
+            // Posted in between: the money moved as it should.
+            Err(LedgerError::AlreadyPosted) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(voided)
+}
+
 /// Runs `op` again on deadlocks, serialization failures and [`LedgerError::Retry`].
 async fn retrying<T, F, Fut>(mut op: F) -> Result<T, LedgerError>
 where
@@ -523,6 +546,50 @@ mod tests {
         assert!(matches!(repeat, Ok(Outcome::Existing(ref t)) if t.id == new.id.0), "{repeat:?}");
         let w = get_wallet(&pool, from).await.expect("read").expect("wallet");
         assert_eq!((w.balance, w.pending_debits), (100_000, 60_000), "held once: {w:?}");
+    }
+
+    #[tokio::test]
+    async fn holds_past_their_timeout_and_grace_are_voided_and_nothing_else() {
+        let pool = migrated_pool(2).await;
+        let usd = Currency::parse("USD").expect("USD");
+        let (from, to) = (UserId(Uuid::now_v7()), UserId(Uuid::now_v7()));
+        for user in [from, to] {
+            create_wallet(&pool, user, "expiry test", usd, 100_000).await.expect("wallet");
+        }
+        let hold = |amount| NewTransfer {
+            id: TransferId(Uuid::now_v7()),
+            from,
+            to,
+            amount,
+            currency: usd,
+            timeout: Duration::from_secs(60),
+        };
+        let (expired, posted, fresh) = (hold(1_000), hold(2_000), hold(4_000));
+        for h in [&expired, &posted, &fresh] {
+            assert!(matches!(create_pending(&pool, h).await, Ok(Outcome::Created(_))));
+        }
+        post(&pool, posted.id).await.expect("post");
+        // The first and the posted one timed out ten minutes ago.
+        sqlx::query("UPDATE wallet.transfers SET timeout_at = now() - interval '10 minutes' WHERE id = ANY($1)")
+            .bind(vec![expired.id.0, posted.id.0])
+            .execute(&pool)
+            .await
+            .expect("age");
+
+        // Only expired holds of this test: other tests' holds may be in the table.
+        let mine = |ids: Vec<Uuid>| ids.into_iter().filter(|id| [expired.id.0, fresh.id.0].contains(id)).count();
+        assert_eq!(mine(void_expired(&pool, Duration::from_secs(900), 1000).await.expect("sweep")), 0, "within grace");
+        let voided = void_expired(&pool, Duration::from_secs(120), 1000).await.expect("sweep");
+        assert!(voided.contains(&expired.id.0) && !voided.contains(&fresh.id.0), "{voided:?}");
+        let state = |id: TransferId| {
+            let pool = pool.clone();
+            async move { get_transfer(&pool, id).await.expect("read").expect("transfer").state }
+        };
+        assert_eq!(state(expired.id).await, TransferState::Voided);
+        assert_eq!(state(posted.id).await, TransferState::Posted);
+        assert_eq!(state(fresh.id).await, TransferState::Pending);
+        let w = get_wallet(&pool, from).await.expect("read").expect("wallet");
+        assert_eq!((w.balance, w.pending_debits), (98_000, 4_000), "only the fresh hold is left: {w:?}");
     }
 
     #[tokio::test]

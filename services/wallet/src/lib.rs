@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod config;
+mod expiry;
 pub mod ledger;
 mod routes;
 pub mod state;
@@ -26,6 +27,10 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 /// Runs the wallet service until shutdown.
 pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let state = AppState::new(&cfg).await?;
+    if cfg.hold_expiry_grace_secs > 0 {
+        let grace = std::time::Duration::from_secs(cfg.hold_expiry_grace_secs);
+        tokio::spawn(expiry::run(state.pool.clone(), expiry::Metrics::new(&state.metrics)?, grace, cancel.clone()));
+    }
     let listener = server::bind(cfg.listen.addr(cfg.port)).await?;
     server::serve(listener, router(state), cancel).await
 }
