@@ -194,7 +194,7 @@ pub async fn reconcile(pf: Arc<PayFlow>, ctx: Arc<Context>) -> Result<Action> {
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .map_err(Error::from);
     if result.is_ok() {
         lock(&ctx.failures).remove(&ObjectRef::from_obj(pf.as_ref()));
     }

@@ -34,7 +34,8 @@ fn generate(pf: &PayFlow, names: &Names) -> Result<BTreeMap<String, String>> {
     }
     let pg = data.get("postgres-password").cloned().unwrap_or_default();
     let mq = data.get("rabbitmq-password").cloned().unwrap_or_default();
-    for (k, v) in desired::managed_urls(names, &pg, &mq) {
+    let ns = pf.namespace().unwrap_or_else(|| "default".into());
+    for (k, v) in desired::managed_urls(names, &ns, &pg, &mq) {
         data.insert(k, v);
     }
     Ok(data)

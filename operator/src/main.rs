@@ -19,7 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Reconciles PayFlow resources in every namespace (kubeconfig or in-cluster config).
+    /// Reconciles PayFlow resources in every namespace, or only in --namespace when it is set.
+    ///
+    /// Finds the cluster through the kubeconfig or, in a pod, the in-cluster config.
     Run {
         /// Address of /metrics, /healthz and /readyz.
         #[arg(long, env = "PAYFLOW_OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]

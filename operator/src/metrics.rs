@@ -119,6 +119,16 @@ impl Metrics {
         self.decisions.with_label_values(&[namespace, payflow, d.reason.as_str()]).inc();
     }
 
+    /// Drops the scaler gauges of a PayFlow the scaler no longer runs for (deleted, suspended, not
+    /// or no longer autoscaled here): a last value such as `fallback` 1 would otherwise stay
+    /// exported, and alerted on, until the operator restarts.
+    pub fn scaler_stopped(&self, namespace: &str, payflow: &str) {
+        for gauge in [&self.queue_depth, &self.desired_workers, &self.current_workers, &self.fallback] {
+            // Absent when the scaler never decided for it: nothing to drop.
+            let _ = gauge.remove_label_values(&[namespace, payflow]);
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let _ = prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &self.registry.gather(), &mut buf);

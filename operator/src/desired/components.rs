@@ -107,6 +107,7 @@ pub fn config_data(pf: &PayFlow, names: &Names, c: &Component) -> BTreeMap<Strin
     }
     if c.name == "gateway" {
         set("PAYFLOW_AUTH_URL", url(names, "auth"));
+        set("PAYFLOW_WALLET_URL", url(names, "wallet"));
         set("PAYFLOW_TRANSACTION_URL", url(names, "transaction"));
         set("PAYFLOW_NOTIFICATION_URL", url(names, "notification"));
         // Behind an in-cluster ingress: believe X-Forwarded-For from private addresses only.
@@ -278,4 +279,40 @@ pub fn services(names: &Names, owner: &Value) -> Vec<Child> {
             Child::new("v1", "Service", name, obj, owner)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gateway's settings, as compiled: its upstreams are the `PAYFLOW_*_URL`s declared here.
+    const GATEWAY_CONFIG: &str = include_str!("../../../services/gateway/src/config.rs");
+
+    fn gateway_url_envs() -> Vec<&'static str> {
+        GATEWAY_CONFIG
+            .split("env = \"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|env| env.ends_with("_URL"))
+            .collect()
+    }
+
+    #[test]
+    fn the_gateway_config_map_sets_every_upstream_url_the_gateway_reads() {
+        let pf: PayFlow = serde_yaml::from_str(include_str!("../../tests/fixtures/full.yaml")).expect("fixture");
+        let names = Names { instance: "demo" };
+        let gateway = COMPONENTS.iter().find(|c| c.name == "gateway").expect("gateway");
+        let data = config_data(&pf, &names, gateway);
+        let envs = gateway_url_envs();
+        // Guards the parsing above: an empty list would pass vacuously.
+        assert!(envs.contains(&"PAYFLOW_WALLET_URL"), "parsed {envs:?}");
+        for env in envs {
+            // Unset, the gateway falls back to 127.0.0.1, which is nothing in a pod.
+            let value = data.get(env).unwrap_or_else(|| panic!("{env} is not in the gateway's ConfigMap"));
+            let upstream = env.trim_start_matches("PAYFLOW_").trim_end_matches("_URL").to_lowercase();
+            if COMPONENTS.iter().any(|c| c.name == upstream) {
+                assert_eq!(value, &url(&names, &upstream), "{env}");
+            }
+        }
+    }
 }

@@ -134,11 +134,17 @@ fn service(m: &Managed, names: &Names, owner: &Value) -> Child {
 }
 
 /// URLs the operator writes into the credentials Secret for managed services.
-pub fn managed_urls(names: &Names, postgres_password: &str, rabbitmq_password: &str) -> [(String, String); 3] {
+pub fn managed_urls(
+    names: &Names,
+    namespace: &str,
+    postgres_password: &str,
+    rabbitmq_password: &str,
+) -> [(String, String); 3] {
     [
         (
             "rabbitmq-management-url".into(),
-            format!("http://payflow:{rabbitmq_password}@{}:15672", names.of("rabbitmq")),
+            // Read by KEDA (the TriggerAuthentication), which runs in its own namespace.
+            format!("http://payflow:{rabbitmq_password}@{}.{namespace}.svc:15672", names.of("rabbitmq")),
         ),
         (
             "database-url".into(),
@@ -148,7 +154,14 @@ pub fn managed_urls(names: &Names, postgres_password: &str, rabbitmq_password: &
     ]
 }
 
-/// The RabbitMQ management API of a managed broker (for the scaler).
-pub fn management_url(names: &Names) -> String {
-    format!("http://{}:15672", names.of("rabbitmq"))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_management_url_names_the_service_with_its_namespace() {
+        let urls = managed_urls(&Names { instance: "demo" }, "payflow", "pg", "mq");
+        let management = urls.iter().find(|(k, _)| k == "rabbitmq-management-url").expect("management url");
+        assert_eq!(management.1, "http://payflow:mq@demo-rabbitmq.payflow.svc:15672");
+    }
 }

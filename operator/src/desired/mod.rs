@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::crd::{DataMode, PayFlow};
 
 pub use components::{Component, COMPONENTS};
-pub use data::{managed_urls, management_url};
+pub use data::managed_urls;
 pub use schedule::migration_job_name;
 
 /// Field manager of everything the reconciler applies.

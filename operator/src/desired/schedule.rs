@@ -68,7 +68,8 @@ pub fn reversal_cronjob(pf: &PayFlow, names: &Names, owner: &Value, _inputs: &In
         "metadata": {"name": name, "labels": names.labels("reversal")},
         "spec": {
             "schedule": r.schedule,
-            "suspend": r.suspend || pf.spec.suspend,
+            // Not `spec.suspend`: that stops the operator's writes, it does not pause the workload.
+            "suspend": r.suspend,
             // Safe to overlap, but pointless: one run at a time.
             "concurrencyPolicy": "Forbid",
             "startingDeadlineSeconds": 120,

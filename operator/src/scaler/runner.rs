@@ -20,6 +20,7 @@ use super::rabbitmq::Management;
 use crate::controller::Context;
 use crate::crd::{AutoscalingSpec, DataMode, PayFlow, WorkerStatus};
 use crate::desired::Names;
+use crate::metrics::Metrics;
 
 pub const SCALER_MANAGER: &str = "payflow-operator-scaler";
 const QUEUE: &str = "payflow.transactions";
@@ -123,8 +124,19 @@ pub async fn run(ctx: Arc<Context>) {
                 tracing::warn!(payflow = %pf.name_any(), error = %e, "scaler pass failed");
             }
         }
-        tracked.retain(|k, _| seen.contains(k));
+        forget_stopped(&mut tracked, &seen, &ctx.metrics);
     }
+}
+
+/// Drops the scalers of PayFlows not autoscaled here any more, and their gauges.
+fn forget_stopped(tracked: &mut HashMap<ObjectRef<PayFlow>, Tracked>, seen: &[ObjectRef<PayFlow>], metrics: &Metrics) {
+    tracked.retain(|k, _| {
+        let keep = seen.contains(k);
+        if !keep {
+            metrics.scaler_stopped(k.namespace.as_deref().unwrap_or_default(), &k.name);
+        }
+        keep
+    });
 }
 
 async fn scale_one(
@@ -187,4 +199,34 @@ async fn scale_one(
         api.patch_status(&name, &PatchParams::apply(SCALER_MANAGER).force(), &Patch::Apply(&patch)).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scaler::algorithm::{Decision, Reason};
+
+    #[test]
+    fn a_payflow_that_stops_autoscaling_loses_its_scaler_gauges() {
+        let metrics = Metrics::new().expect("metrics");
+        let (gone, kept) = (ObjectRef::new("gone").within("payflow"), ObjectRef::new("kept").within("payflow"));
+        let mut tracked = HashMap::new();
+        for key in [&gone, &kept] {
+            let scaler = Scaler::new(Config::default()).expect("scaler");
+            tracked.insert(key.clone(), Tracked { scaler, next_poll: Instant::now() });
+            let d =
+                Decision { desired: 2, reason: Reason::ScaleUp, fallback: true, depth: Some(7), raw_recommendation: 2 };
+            metrics.scaler_decision("payflow", &key.name, 1, &d);
+        }
+        forget_stopped(&mut tracked, std::slice::from_ref(&kept), &metrics);
+        assert_eq!(tracked.keys().collect::<Vec<_>>(), [&kept]);
+        let text = metrics.render();
+        for gauge in ["queue_depth", "desired_replicas", "current_replicas", "fallback"] {
+            let series = |name: &str| {
+                format!("payflow_operator_scaler_{gauge}{{payflow=\"{name}\",payflow_namespace=\"payflow\"}}")
+            };
+            assert!(!text.contains(&series("gone")), "{gauge} of a stopped PayFlow still exported:\n{text}");
+            assert!(text.contains(&series("kept")), "{gauge} of a running PayFlow missing:\n{text}");
+        }
+    }
 }
