@@ -150,7 +150,7 @@ async fn publish_batch(
     topology: &Topology,
     metrics: &RelayMetrics,
 ) -> anyhow::Result<usize> {
-    let mut tx = pool.begin().await?;
+    let mut tx = payflow_common::db::begin(pool).await?;
     // (A plain string without arguments goes as a simple query: all settings in one round trip.)
     sqlx::Executor::execute(&mut *tx, CLAIM_SETTINGS).await?;
     let rows: Vec<Row> = sqlx::query_as(CLAIM).bind(BATCH).bind(own_exchanges(topology)).fetch_all(&mut *tx).await?;
@@ -245,7 +245,7 @@ mod tests {
     #[tokio::test]
     async fn the_claim_walks_the_unpublished_index_in_order() {
         let pool = crate::migrated_test_pool().await;
-        let mut tx = pool.begin().await.expect("begin");
+        let mut tx = payflow_common::db::begin(&pool).await.expect("begin");
         sqlx::Executor::execute(&mut *tx, CLAIM_SETTINGS).await.expect("settings");
         let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {CLAIM}"))
             .bind(BATCH)

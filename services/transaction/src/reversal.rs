@@ -44,7 +44,7 @@ pub async fn reverse(
     let mut skipped: Vec<Uuid> = Vec::new();
     let reason = format!("Timed out: not settled within {} s, reversed", older_than.as_secs());
     loop {
-        let mut tx = pool.begin().await?;
+        let mut tx = payflow_common::db::begin(pool).await?;
         let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(
             "SELECT id, correlation_id FROM txn.transactions \
              WHERE status IN ('PENDING', 'PROCESSING') AND created_at < now() - make_interval(secs => $1) \

@@ -242,7 +242,7 @@ pub async fn reject(
     status: u16,
     response: &Value,
 ) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = payflow_common::db::begin(pool).await?;
     if sqlx::query(DELETE_PENDING).bind(id).execute(&mut *tx).await?.rows_affected() == 0 {
         return Ok(false);
     }
@@ -270,7 +270,7 @@ pub async fn reject(
 /// PENDING: then the key must stay with its transaction (one key, one
 /// transaction).
 pub async fn forget(pool: &PgPool, id: Uuid, idempotency: Option<(Uuid, &str)>) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = payflow_common::db::begin(pool).await?;
     if sqlx::query(DELETE_PENDING).bind(id).execute(&mut *tx).await?.rows_affected() == 0 {
         return Ok(false);
     }
@@ -298,7 +298,7 @@ pub async fn finish(
     completed: &[Uuid],
     failed: &[(Uuid, String)],
 ) -> Result<Vec<Transaction>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = payflow_common::db::begin(pool).await?;
     let changed = finish_in(&mut tx, topology, completed, failed).await?;
     tx.commit().await?;
     Ok(changed)

@@ -28,7 +28,7 @@ impl LedgerReport {
 pub async fn ledger_check(pool: &PgPool) -> Result<LedgerReport, sqlx::Error> {
     let mut report = LedgerReport::default();
     // One snapshot, so concurrent transfers cannot make a consistent ledger look broken.
-    let mut tx = pool.begin().await?;
+    let mut tx = payflow_common::db::begin(pool).await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
     (report.accounts, report.transfers, report.entries) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM wallet.accounts), (SELECT count(*) FROM wallet.transfers), \

@@ -221,7 +221,7 @@ pub async fn create_wallet(
     .await?;
 
     let created = retrying(|| async {
-        let mut tx = pool.begin().await?;
+        let mut tx = payflow_common::db::begin(pool).await?;
         let account = Uuid::now_v7();
         let inserted = sqlx::query(
             "INSERT INTO wallet.accounts (id, user_id, kind, name, currency) VALUES ($1, $2, 'user', $3, $4) \
@@ -405,7 +405,7 @@ pub async fn post_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<(Uuid, BatchOu
 /// records a tombstone so that a late create with that id is refused.
 pub async fn void(pool: &PgPool, id: TransferId) -> Result<Transfer, LedgerError> {
     retrying(|| async {
-        let mut tx = pool.begin().await?;
+        let mut tx = payflow_common::db::begin(pool).await?;
         let row: Option<(Uuid, i64)> = sqlx::query_as(VOID_PENDING).bind(id.0).fetch_optional(&mut *tx).await?;
         if let Some((debit, amount)) = row {
             sqlx::query(
@@ -509,7 +509,7 @@ mod tests {
             currency: usd,
             timeout: Duration::from_secs(60),
         };
-        let mut first = pool.begin().await.expect("begin");
+        let mut first = payflow_common::db::begin(&pool).await.expect("begin");
         let outcome: String = sqlx::query_scalar("SELECT o_outcome FROM wallet.hold_batch($1, $2, $3, $4, $5, $6)")
             .bind(vec![new.id.0])
             .bind(vec![from.0])

@@ -38,7 +38,7 @@ pub struct Issued {
 /// Opens a new family (a login or a registration) with its first token.
 pub async fn start_family(pool: &PgPool, user_id: UserId, refresh_ttl_secs: u64) -> sqlx::Result<Issued> {
     let family_id = Uuid::now_v7();
-    let mut tx = pool.begin().await?;
+    let mut tx = payflow_common::db::begin(pool).await?;
     sqlx::query("INSERT INTO auth.refresh_token_families (id, user_id) VALUES ($1, $2)")
         .bind(family_id)
         .bind(user_id)
@@ -101,7 +101,7 @@ pub async fn rotate(
         expired: bool,
         revoked: bool,
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = payflow_common::db::begin(pool).await?;
     let row: Option<Row> = sqlx::query_as(
         "SELECT rt.family_id, rt.user_id, rt.used_at IS NOT NULL AS used,
                 rt.expires_at <= now() AS expired, f.revoked_at IS NOT NULL AS revoked
@@ -159,7 +159,7 @@ pub async fn revoke_family(
     reason: RevokeReason,
     access_ttl_secs: u64,
 ) -> sqlx::Result<Vec<LiveAccessToken>> {
-    let mut tx = pool.begin().await?;
+    let mut tx = payflow_common::db::begin(pool).await?;
     revoke_family_in(&mut tx, family_id, reason).await?;
     let live = recent_access_tokens(&mut tx, family_id, access_ttl_secs).await?;
     tx.commit().await?;

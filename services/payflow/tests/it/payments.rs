@@ -526,7 +526,7 @@ async fn a_slow_request_keeps_its_key_while_it_works() {
 /// Locks a user's account row until the returned transaction ends, so that
 /// whatever writes it (a hold) waits.
 async fn lock_account(s: &Stack, user: Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut lock = s.pool.begin().await.expect("begin");
+    let mut lock = payflow_common::db::begin(&s.pool).await.expect("begin");
     sqlx::query("SELECT 1 FROM wallet.accounts WHERE user_id = $1 FOR UPDATE")
         .bind(user)
         .execute(&mut *lock)
