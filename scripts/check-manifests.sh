@@ -391,6 +391,7 @@ check_can_i() {
     can_i yes get secrets -n "$ns"
     can_i yes patch deployments.apps --subresource=scale -n "$ns"
     can_i yes delete persistentvolumeclaims -n "$ns"
+    can_i yes delete jobs.batch -n "$ns"
     can_i yes create events.events.k8s.io -n "$ns"
     can_i yes create leases.coordination.k8s.io -n payflow-system
     can_i yes patch leases.coordination.k8s.io/payflow-operator -n payflow-system
@@ -424,7 +425,10 @@ check_can_i() {
     kubectl apply --server-side --field-manager="$FIELD_MANAGER" -k "$ROOT/manifests/keda-rbac" >/dev/null
     wait_for -t 10 keda_allowed create scaledobjects || die "manifests/keda-rbac does not allow ScaledObjects"
     keda_allowed patch triggerauthentications || die "manifests/keda-rbac does not allow TriggerAuthentications"
-    ! keda_allowed delete scaledobjects || die "manifests/keda-rbac allows deleting ScaledObjects"
+    # Pruned when a PayFlow turns keda off.
+    keda_allowed delete scaledobjects || die "manifests/keda-rbac does not allow deleting ScaledObjects"
+    keda_allowed list triggerauthentications || die "manifests/keda-rbac does not allow listing TriggerAuthentications"
+    ! keda_allowed watch scaledobjects || die "manifests/keda-rbac allows watching ScaledObjects"
     kubectl delete -k "$ROOT/manifests/keda-rbac" --ignore-not-found >/dev/null
     ((CAN_I_FAILURES == 0)) || die "$CAN_I_FAILURES RBAC expectations failed (above)"
     log "kubectl auth can-i: needed verbs allowed, the rest refused"

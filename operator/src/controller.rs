@@ -249,31 +249,128 @@ async fn apply(pf: &PayFlow, ctx: &Context) -> Result<Action> {
 
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let job_name = desired::migration_job_name(pf, &names);
-    let migration = jobs.get_opt(&job_name).await?;
+    let mut migration = jobs.get_opt(&job_name).await?;
+    let mut retrying = false;
+    let mut refused = Refused::default();
+    if let Some(why) = migration.as_ref().and_then(|j| migration_retry_due(j, k8s_openapi::jiff::Timestamp::now())) {
+        // Its name is fixed per version, so a failed Job would stay failed for good; most
+        // failures pass (Postgres not up yet), and `payflow migrate` is safe to run again.
+        match jobs.delete(&job_name, &DeleteParams::background()).await {
+            Ok(_) => {
+                lock(&ctx.applied).remove(&(ns.clone(), "Job".into(), job_name.clone()));
+                let note = format!("Deleted {job_name} to run it again: {why}");
+                publish(ctx, pf, EventType::Warning, "MigrationRetried", note).await;
+                migration = None;
+                retrying = true;
+            }
+            Err(e) => refused.add("Job", &job_name, e.into())?,
+        }
+    }
     let migrated = migration.as_ref().and_then(|j| j.status.as_ref()).and_then(|s| s.succeeded).unwrap_or(0) > 0;
     let migration_failure = migration.as_ref().and_then(job_failure);
-    let inputs = Inputs { credentials, external, migrated };
+    let statefulsets: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &ns, &kube::api::ApiResource::erase::<StatefulSet>(&()));
+    let mut claim_templates = BTreeMap::new();
+    for sts in desired::statefulset_names(pf, &names) {
+        if let Some(live) = statefulsets.get_opt(&sts).await? {
+            if let Some(claims) = live.data.pointer("/spec/volumeClaimTemplates") {
+                claim_templates.insert(sts, claims.clone());
+            }
+        }
+    }
+    let inputs = Inputs { credentials, external, migrated, claim_templates };
 
     let wanted = desired::children(pf, &inputs);
     let mut wrote = 0usize;
     for child in &wanted {
-        if apply_child(ctx, &ns, child).await? {
-            wrote += 1;
+        // A Job's pod template is immutable and the Job runs once: created, never changed
+        // (a retry deletes it first; the next pass creates it).
+        if child.kind == "Job" && (migration.is_some() || retrying) {
+            continue;
+        }
+        // Rolled without its ConfigMap, a component would start on the old settings and stay
+        // on them: its config hash would already name the new ones.
+        if child.kind == "Deployment" && refused.has("ConfigMap", &child.name) {
+            refused.skipped.push(format!("Deployment {}: not applied, its ConfigMap was refused", child.name));
+            continue;
+        }
+        match apply_child(ctx, &ns, child).await {
+            Ok(true) => wrote += 1,
+            Ok(false) => {}
+            Err(e) => refused.add(child.kind, &child.name, e)?,
         }
     }
-    if migration.is_none() {
+    if migration.is_none() && !retrying && !refused.has("Job", &job_name) {
         publish(ctx, pf, EventType::Normal, "Migrating", format!("Started {job_name} for version {}", pf.spec.version))
             .await;
     }
     if wrote > 0 {
         tracing::info!(payflow = %name, applied = wrote, "children applied");
     }
-    prune(ctx, &ns, &name, &wanted).await?;
+    prune(ctx, &ns, pf, &wanted, &mut refused).await?;
+    if !refused.children.is_empty() {
+        // One Event per pass: the recorder folds Events of one reason into a series anyway.
+        publish(ctx, pf, EventType::Warning, "ApplyFailed", truncate(refused.messages().join("; "), 1000)).await;
+    }
 
-    let status = observed_status(pf, ctx, &ns, &names, migrated, migration_failure).await?;
+    let status = observed_status(pf, ctx, &ns, &names, migrated, migration_failure, &refused.messages()).await?;
     let ready = status.phase == "Ready";
     write_status(pf, ctx, status).await?;
+    // The status says what was refused; the error makes the controller retry with backoff.
+    if let Some(e) = refused.first {
+        return Err(e);
+    }
     Ok(Action::requeue(if ready { IDLE_REQUEUE } else { PROGRESS_REQUEUE }))
+}
+
+/// At most `max` bytes of `text` (an Event's note may hold 1 kB).
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max - 3;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
+
+/// Children the API server refused in one pass. A refusal (an answer such as 422 for an
+/// immutable field or an invalid value, 403, a webhook's denial) stops only that child; the
+/// others are still applied and the status reports it. Any other error (the API server
+/// unreachable) ends the pass at once, as nothing else would get through either.
+#[derive(Default)]
+struct Refused {
+    /// ("Kind name", the API server's message).
+    children: Vec<(String, String)>,
+    /// Children held back because one they depend on was refused.
+    skipped: Vec<String>,
+    /// The first refusal, returned once the status is written.
+    first: Option<Error>,
+}
+
+impl Refused {
+    fn add(&mut self, kind: &str, name: &str, error: Error) -> Result<()> {
+        match error {
+            Error::Kube(kube::Error::Api(status)) => {
+                self.children.push((format!("{kind} {name}"), status.message.clone()));
+                self.first.get_or_insert(Error::Kube(kube::Error::Api(status)));
+                Ok(())
+            }
+            other => Err(other),
+        }
+    }
+
+    fn has(&self, kind: &str, name: &str) -> bool {
+        let what = format!("{kind} {name}");
+        self.children.iter().any(|(w, _)| *w == what)
+    }
+
+    fn messages(&self) -> Vec<String> {
+        let refused = self.children.iter().map(|(what, message)| format!("{what}: {message}"));
+        refused.chain(self.skipped.iter().cloned()).collect()
+    }
 }
 
 fn content_hash(child: &Child) -> String {
@@ -314,24 +411,67 @@ async fn apply_child(ctx: &Context, ns: &str, child: &Child) -> Result<bool> {
     Ok(true)
 }
 
-/// Kinds that come and go with the spec; anything else stays until the PayFlow goes.
-const PRUNABLE: &[(&str, &str)] = &[("networking.k8s.io/v1", "Ingress"), ("policy/v1", "PodDisruptionBudget")];
+/// Kinds that come and go with the spec; anything else stays until the PayFlow goes. Managed
+/// StatefulSets are not here: switching a data service to external must not delete its data
+/// (docs/runbook.md). The KEDA kinds are optional (the group may not be served).
+const PRUNABLE: &[(&str, &str, bool)] = &[
+    ("networking.k8s.io/v1", "Ingress", false),
+    ("policy/v1", "PodDisruptionBudget", false),
+    // With keda turned off the operator's scaler writes the worker's replicas: a ScaledObject
+    // left behind (and the HPA KEDA keeps for it) would write them too.
+    ("keda.sh/v1alpha1", "ScaledObject", true),
+    ("keda.sh/v1alpha1", "TriggerAuthentication", true),
+];
 
-async fn prune(ctx: &Context, ns: &str, instance: &str, wanted: &[Child]) -> Result<()> {
-    for (api_version, kind) in PRUNABLE {
+/// Deletes this PayFlow's children of the prunable kinds that it no longer wants: only those
+/// carrying its labels and its controller owner reference.
+async fn prune(ctx: &Context, ns: &str, pf: &PayFlow, wanted: &[Child], refused: &mut Refused) -> Result<()> {
+    let instance = pf.name_any();
+    let uid = pf.metadata.uid.as_deref().unwrap_or_default();
+    let lp =
+        ListParams::default().labels(&format!("{INSTANCE_LABEL}={instance},app.kubernetes.io/managed-by={MANAGER}"));
+    for (api_version, kind, optional) in PRUNABLE {
+        if *optional && !served(ctx, api_version, kind).await? {
+            continue;
+        }
         let probe = Child { api_version, kind, name: String::new(), object: json!({}) };
         let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &probe.api_resource());
-        let lp = ListParams::default()
-            .labels(&format!("{INSTANCE_LABEL}={instance},app.kubernetes.io/managed-by={MANAGER}"));
-        for live in api.list_metadata(&lp).await? {
+        let live = match api.list_metadata(&lp).await {
+            Ok(list) => list,
+            // Served but not permitted (KEDA installed, manifests/keda-rbac not applied): then
+            // the operator could not have created any either.
+            Err(kube::Error::Api(s)) if *optional && s.code == 403 => {
+                tracing::debug!(kind, "not permitted to list (manifests/keda-rbac not applied?): not pruning them");
+                continue;
+            }
+            Err(e) => {
+                refused.add(kind, "(list)", e.into())?;
+                continue;
+            }
+        };
+        for live in live {
             let name = live.name_any();
-            if !wanted.iter().any(|w| w.kind == *kind && w.name == name) {
-                api.delete(&name, &DeleteParams::default()).await?;
-                lock(&ctx.applied).remove(&(ns.to_string(), kind.to_string(), name));
+            let ours = live.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == uid);
+            if ours && !wanted.iter().any(|w| w.kind == *kind && w.name == name) {
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => {
+                        lock(&ctx.applied).remove(&(ns.to_string(), kind.to_string(), name));
+                    }
+                    Err(e) => refused.add(kind, &name, e.into())?,
+                }
             }
         }
     }
     Ok(())
+}
+
+/// Whether the API server serves `kind` of `api_version` (discovery, which every client may read).
+async fn served(ctx: &Context, api_version: &str, kind: &str) -> Result<bool> {
+    match ctx.client.list_api_group_resources(api_version).await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.kind == kind)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn paused_status(pf: &PayFlow) -> PayFlowStatus {
@@ -356,11 +496,15 @@ async fn observed_status(
     names: &Names<'_>,
     migrated: bool,
     migration_failure: Option<String>,
+    refused: &[String],
 ) -> Result<PayFlowStatus> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let mut components = BTreeMap::new();
-    let mut all_ready = migrated;
-    let mut failures: Vec<String> = migration_failure.into_iter().collect();
+    // Not Ready while part of the spec could not be applied, whatever still runs.
+    let apply_failed = !refused.is_empty();
+    let mut all_ready = migrated && !apply_failed;
+    let mut failures: Vec<String> = refused.to_vec();
+    failures.extend(migration_failure);
     for c in COMPONENTS.iter() {
         let d = deployments.get_opt(&names.of(c.name)).await?;
         let desired = d.as_ref().and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(0);
@@ -377,6 +521,7 @@ async fn observed_status(
         components.insert(c.name.to_string(), ComponentStatus { ready, desired });
     }
     let degraded = !failures.is_empty();
+    let degraded_reason = if apply_failed { "ApplyFailed" } else { "Failing" };
     let cronjobs: Api<CronJob> = Api::namespaced(ctx.client.clone(), ns);
     let reversal = cronjobs.get_opt(&names.of("reversal")).await?.and_then(|c| c.status).map(|s| ReversalStatus {
         last_schedule_time: s.last_schedule_time.map(|t| t.0.to_string()),
@@ -389,7 +534,7 @@ async fn observed_status(
     let (phase, reason, message) = if all_ready {
         ("Ready", "AllComponentsReady", "Every component is ready".to_string())
     } else if degraded {
-        ("Degraded", "Failing", failures.join("; "))
+        ("Degraded", degraded_reason, failures.join("; "))
     } else if !migrated {
         ("Progressing", "Migrating", format!("Waiting for the migration of version {}", pf.spec.version))
     } else {
@@ -404,7 +549,7 @@ async fn observed_status(
             Wanted { kind: "Ready", status: all_ready, reason, message: message.clone() },
             Wanted { kind: "Progressing", status: !all_ready, reason, message },
             if degraded {
-                Wanted { kind: "Degraded", status: true, reason: "Failing", message: failures.join("; ") }
+                Wanted { kind: "Degraded", status: true, reason: degraded_reason, message: failures.join("; ") }
             } else {
                 Wanted { kind: "Degraded", status: false, reason: "NoErrors", message: String::new() }
             },
@@ -435,6 +580,20 @@ fn job_failure(job: &Job) -> Option<String> {
         job.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Failed" && c.status == "True")?;
     let why = failed.message.clone().or_else(|| failed.reason.clone()).unwrap_or_default();
     Some(format!("migration job {} failed: {why}", job.metadata.name.as_deref().unwrap_or_default()))
+}
+
+/// How long a failed migration Job stays (its pods and their logs to look at) before the
+/// operator deletes it so that it runs again.
+pub const MIGRATION_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Why the migration Job failed, once it failed at least `MIGRATION_RETRY_AFTER` before `now`.
+fn migration_retry_due(job: &Job, now: k8s_openapi::jiff::Timestamp) -> Option<String> {
+    let why = job_failure(job)?;
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    let failed = conditions.iter().find(|c| c.type_ == "Failed" && c.status == "True")?;
+    let since = failed.last_transition_time.as_ref().map_or(i64::MIN, |t| t.0.as_second());
+    let after = MIGRATION_RETRY_AFTER.as_secs().try_into().unwrap_or(i64::MAX);
+    (now.as_second().saturating_sub(since) >= after).then_some(why)
 }
 
 /// A Deployment that stopped progressing (`ProgressDeadlineExceeded`), with its message.
@@ -520,5 +679,33 @@ mod degraded_tests {
         )
         .expect("status");
         assert_eq!(deadline_exceeded(&rolling), None);
+    }
+
+    #[test]
+    fn a_failed_migration_job_is_retried_only_after_the_cooldown() {
+        let failed_at = |at: &str| -> Job {
+            serde_json::from_value(json!({
+                "metadata": {"name": "demo-migrate-0-1-0"},
+                "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                    "message": "Job has reached the specified backoff limit", "lastTransitionTime": at}]}
+            }))
+            .expect("job")
+        };
+        let at = |s: &str| s.parse::<k8s_openapi::jiff::Timestamp>().expect("timestamp");
+        let job = failed_at("2025-01-01T00:00:00Z");
+        assert_eq!(migration_retry_due(&job, at("2025-01-01T00:04:59Z")), None);
+        assert_eq!(
+            migration_retry_due(&job, at("2025-01-01T00:05:00Z")).as_deref(),
+            Some("migration job demo-migrate-0-1-0 failed: Job has reached the specified backoff limit")
+        );
+        let running: Job =
+            serde_json::from_value(json!({"metadata": {"name": "j"}, "status": {"active": 1}})).expect("job");
+        assert_eq!(migration_retry_due(&running, at("2030-01-01T00:00:00Z")), None);
+    }
+
+    #[test]
+    fn event_notes_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate("short".into(), 10), "short");
+        assert_eq!(truncate("ééééé".into(), 8), "éé...");
     }
 }

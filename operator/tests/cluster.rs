@@ -535,3 +535,80 @@ async fn five_idle_minutes_cost_only_the_requeue_interval() {
     operator.stop().await;
     let _ = Api::<Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
 }
+
+#[tokio::test]
+#[ignore = "needs the test cluster; scripts/test.sh runs it"]
+async fn a_refused_child_degrades_the_payflow_and_the_rest_is_still_applied() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = namespace(&client, "refused").await;
+    let operator = Operator::start(&ns).await;
+    let api: Api<PayFlow> = Api::namespaced(client.clone(), &ns);
+    let spec = json!({"version": "0.1.0", "postgres": {"storage": "1Gi"}, "reversal": {"suspend": true},
+                      "deletionPolicy": "Delete"});
+    api.create(&PostParams::default(), &payflow("demo", spec)).await.expect("create");
+    wait_for("Ready", Duration::from_secs(180), || {
+        let api = api.clone();
+        async move { phase(&api, "demo").await == "Ready" }
+    })
+    .await;
+
+    // A storage class set later (the CEL rule allows it once) would change the StatefulSet's
+    // immutable volumeClaimTemplates: kept as created instead. An Ingress host the API server
+    // refuses (422) stops only the Ingress: wallet's new replicas and budget (applied after it) go out.
+    let change = json!({"spec": {"postgres": {"storageClass": "later"}, "wallet": {"replicas": 2},
+                                 "gateway": {"ingress": {"host": "Not_A_Host"}}}});
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(&change)).await.expect("patch");
+    wait_for("Degraded", Duration::from_secs(60), || {
+        let api = api.clone();
+        async move { phase(&api, "demo").await == "Degraded" }
+    })
+    .await;
+    let pf = api.get("demo").await.expect("get");
+    let status = pf.status.as_ref().expect("status");
+    assert_eq!(status.observed_generation, pf.metadata.generation);
+    let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded").expect("Degraded");
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "ApplyFailed"), "{degraded:?}");
+    assert!(degraded.message.starts_with("Ingress demo-gateway: "), "{}", degraded.message);
+    assert!(!degraded.message.contains("StatefulSet"), "{}", degraded.message);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    wait_for("wallet's new replicas", Duration::from_secs(30), || {
+        let deployments = deployments.clone();
+        async move {
+            deployments.get("demo-wallet").await.ok().and_then(|d| d.spec).and_then(|s| s.replicas) == Some(2)
+        }
+    })
+    .await;
+    let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+    assert!(pdbs.get_opt("demo-wallet").await.expect("get pdb").is_some(), "wallet's budget was not applied");
+    let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let claims = sts.get("demo-postgres").await.expect("sts").spec.and_then(|s| s.volume_claim_templates);
+    let class = claims.and_then(|c| c.into_iter().next()).and_then(|c| c.spec).and_then(|s| s.storage_class_name);
+    assert_eq!(class, None, "the claims stay as created");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
+    wait_for("a Warning ApplyFailed Event", Duration::from_secs(30), || {
+        let events = events.clone();
+        async move {
+            events.list(&ListParams::default()).await.is_ok_and(|l| {
+                l.items.iter().any(|e| {
+                    e.reason.as_deref() == Some("ApplyFailed")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.note.as_deref().is_some_and(|n| n.starts_with("Ingress demo-gateway: "))
+                })
+            })
+        }
+    })
+    .await;
+
+    // Fixed: Ready again (the spec change is reconciled at once, not after the backoff).
+    let fix = json!({"spec": {"gateway": {"ingress": {"host": "api.payflow.local"}}}});
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(&fix)).await.expect("fix");
+    wait_for("Ready after the fix", Duration::from_secs(120), || {
+        let api = api.clone();
+        async move { phase(&api, "demo").await == "Ready" }
+    })
+    .await;
+    delete_payflow(&api, "demo").await;
+    operator.stop().await;
+    let _ = Api::<Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
+}

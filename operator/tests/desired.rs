@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use payflow_operator::crd::PayFlow;
-use payflow_operator::desired::{children, Child, Credentials, Inputs, CONFIG_HASH};
+use payflow_operator::desired::{children, postgres_max_connections, Child, Credentials, Inputs, CONFIG_HASH};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PayFlow {
@@ -26,7 +26,7 @@ fn inputs(token: &str) -> Inputs {
     ] {
         data.insert(k.to_string(), v.to_string());
     }
-    Inputs { credentials: Credentials { data }, external: BTreeMap::new(), migrated: true }
+    Inputs { credentials: Credentials { data }, external: BTreeMap::new(), migrated: true, ..Inputs::default() }
 }
 
 fn golden(name: &str, objects: &[Child]) {
@@ -120,6 +120,7 @@ fn the_migration_job_gates_the_workloads() {
     i.migrated = false;
     let objects = children(&pf, &i);
     assert!(objects.iter().all(|c| c.kind != "Deployment"), "no rollout before the migration Job succeeded");
+    assert!(objects.iter().all(|c| c.kind != "CronJob"), "the reversal reads the schema too");
     assert!(objects.iter().any(|c| c.kind == "Job"));
     assert!(objects.iter().any(|c| c.kind == "Service" && c.name == "demo-gateway"));
 }
@@ -132,4 +133,98 @@ fn external_data_services_are_referenced_not_run() {
     let env = wallet.object["spec"]["template"]["spec"]["containers"][0]["env"].as_array().expect("env");
     let db = env.iter().find(|e| e["name"] == "PAYFLOW_DATABASE_URL").expect("db url");
     assert_eq!(db["valueFrom"]["secretKeyRef"]["name"], "pg-conn");
+}
+
+#[test]
+fn live_volume_claim_templates_are_kept_as_they_are() {
+    let mut pf = fixture("full");
+    let live = serde_json::json!([{"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem",
+        "resources": {"requests": {"storage": "5Gi"}}}, "status": {"phase": "Pending"}}]);
+    // Set later (the CEL rule allows it once) and resized: neither can change a StatefulSet.
+    pf.spec.postgres.storage_class = Some("fast".into());
+    pf.spec.postgres.storage = Some("50Gi".into());
+    let mut i = inputs("t");
+    i.claim_templates.insert("demo-postgres".into(), live.clone());
+    let objects = children(&pf, &i);
+    let claims = &find(&objects, "StatefulSet", "demo-postgres").object["spec"]["volumeClaimTemplates"];
+    let postgres = serde_json::json!([{"metadata": {"name": "data", "labels": {
+            "app.kubernetes.io/component": "postgres", "app.kubernetes.io/instance": "demo",
+            "app.kubernetes.io/managed-by": "payflow-operator", "app.kubernetes.io/name": "payflow"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}}}]);
+    assert_eq!(claims, &postgres, "the live size and (no) class, not the spec's");
+    // Not created yet: from the spec.
+    let redis = &find(&objects, "StatefulSet", "demo-redis").object["spec"]["volumeClaimTemplates"][0];
+    assert_eq!(redis["spec"]["resources"]["requests"]["storage"], "1Gi");
+}
+
+fn env_of(c: &Child) -> BTreeMap<String, String> {
+    let pod = if c.kind == "CronJob" {
+        &c.object["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    } else {
+        &c.object["spec"]["template"]["spec"]
+    };
+    let env = pod["containers"][0]["env"].as_array().cloned().unwrap_or_default();
+    env.iter().filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string()))).collect()
+}
+
+#[test]
+fn every_database_client_has_a_sized_pool_and_postgres_has_room_for_all_of_them() {
+    let pf = fixture("full");
+    let objects = children(&pf, &inputs("t"));
+    let mut pools = BTreeMap::new();
+    for c in &objects {
+        let size = match c.kind {
+            "ConfigMap" => c.object["data"]["PAYFLOW_DB_MAX_CONNECTIONS"].as_str().map(String::from),
+            "Job" | "CronJob" => env_of(c).get("PAYFLOW_DB_MAX_CONNECTIONS").cloned(),
+            _ => continue,
+        };
+        pools.insert(c.name.clone(), size);
+    }
+    let pools: BTreeMap<&str, Option<&str>> = pools.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+    let job = objects.iter().find(|c| c.kind == "Job").expect("job").name.as_str();
+    assert_eq!(
+        pools,
+        BTreeMap::from([
+            ("demo-auth", Some("10")),
+            ("demo-gateway", None),
+            ("demo-notification", Some("10")),
+            ("demo-reversal", Some("2")),
+            ("demo-transaction", Some("10")),
+            ("demo-wallet", Some("10")),
+            ("demo-worker", Some("5")),
+            (job, Some("2")),
+        ])
+    );
+    let postgres = find(&objects, "StatefulSet", "demo-postgres");
+    let args = &postgres.object["spec"]["template"]["spec"]["containers"][0]["args"];
+    let max: u32 = args[1].as_str().and_then(|a| a.strip_prefix("max_connections=")).expect("arg").parse().expect("n");
+    assert_eq!(args[0], "-c");
+    // Every pool full with each component at its most pods (+1 for a rollout's surge), the
+    // Jobs, and room for people.
+    let most = |c: &str| -> u32 {
+        let s = &pf.spec;
+        let r = match c {
+            "auth" => s.auth.replicas,
+            "wallet" => s.wallet.replicas,
+            "transaction" => s.transaction.replicas,
+            "notification" => s.notification.replicas,
+            _ => s.worker.autoscaling.as_ref().map(|a| a.max_replicas),
+        };
+        r.unwrap_or(1) as u32 + 1
+    };
+    let needed =
+        10 * (most("auth") + most("wallet") + most("transaction") + most("notification")) + 5 * most("worker") + 2 + 2;
+    assert!(max >= needed + 3, "max_connections {max} < {needed} + 3 reserved");
+    assert_eq!(max, postgres_max_connections(&pf));
+
+    // The design's example: 242 connections at most → 300.
+    let mut example = pf.clone();
+    for c in [&mut example.spec.auth, &mut example.spec.wallet, &mut example.spec.transaction] {
+        c.replicas = Some(2);
+    }
+    example.spec.notification.replicas = Some(1);
+    example.spec.worker.autoscaling.as_mut().expect("autoscaling").max_replicas = 20;
+    example.spec.worker.autoscaling.as_mut().expect("autoscaling").fallback_replicas = None;
+    assert_eq!(postgres_max_connections(&example), 300);
 }

@@ -80,6 +80,45 @@ pub fn replicas(pf: &PayFlow, component: &str) -> Option<i32> {
     Some(spec_of(pf, component).and_then(|s| s.replicas).unwrap_or(1))
 }
 
+/// Connections of one process's Postgres pool (`PAYFLOW_DB_MAX_CONNECTIONS`; the services'
+/// default, 20, times every pod is more than a managed Postgres allows).
+pub fn db_pool(component: &str) -> u32 {
+    match component {
+        // Two settle batches at once (worker.rs PIPELINE), one transaction each, plus readiness
+        // checks and a spare.
+        "worker" => 5,
+        // One transaction at a time (reversal.rs, the migration's advisory-locked session).
+        "reversal" | "migrate" => 2,
+        // transaction: one statement in flight per batch kind (batches.rs), the outbox relay and
+        // its housekeeping, then reads; wallet, auth and notification: concurrent requests. A
+        // pool that is full makes requests wait (5 s acquire timeout), it does not fail them.
+        _ => 10,
+    }
+}
+
+/// Most pods of a component at once: its replicas (the worker's autoscaling maximum or fallback)
+/// plus one more during a rolling update (maxSurge 1).
+fn most_pods(pf: &PayFlow, component: &str) -> u32 {
+    let most = match (component, &pf.spec.worker.autoscaling) {
+        ("worker", Some(a)) => a.max_replicas.max(a.fallback_replicas.unwrap_or(0)),
+        _ => replicas(pf, component).unwrap_or(1),
+    };
+    most.max(0).unsigned_abs() + 1
+}
+
+/// `max_connections` of the managed Postgres: every pool at its fullest (`most_pods` ×
+/// `db_pool` of each component that uses the database), one reversal Job (concurrencyPolicy
+/// Forbid) and the migration Job, Postgres's 3 superuser-reserved slots and 20 for people
+/// (psql, `payflow ledger-check`). Rounded up to a multiple of 100 (at least Postgres's default
+/// 100): changing it restarts Postgres, which a small change of replicas then does not.
+/// The design's example (auth, wallet, transaction 2, notification 1, worker up to 20):
+/// 3×10 + 3×10 + 3×10 + 2×10 + 21×5 + 2 + 2 + 3 + 20 = 242 → 300.
+pub fn postgres_max_connections(pf: &PayFlow) -> u32 {
+    let pools: u32 = COMPONENTS.iter().filter(|c| c.needs_db).map(|c| most_pods(pf, c.name) * db_pool(c.name)).sum();
+    let total = pools + db_pool("reversal") + db_pool("migrate") + 3 + 20;
+    total.div_ceil(100).max(1) * 100
+}
+
 /// Plain settings of one component (everything secret stays in Secrets).
 pub fn config_data(pf: &PayFlow, names: &Names, c: &Component) -> BTreeMap<String, String> {
     let mut d = BTreeMap::new();
@@ -98,6 +137,9 @@ pub fn config_data(pf: &PayFlow, names: &Names, c: &Component) -> BTreeMap<Strin
     }
     if c.needs_amqp {
         set("PAYFLOW_AMQP_PREFIX", "payflow".into());
+    }
+    if c.needs_db {
+        set("PAYFLOW_DB_MAX_CONNECTIONS", db_pool(c.name).to_string());
     }
     if matches!(c.name, "transaction" | "worker") {
         set("PAYFLOW_PENDING_TIMEOUT_SECS", pf.spec.reversal.pending_timeout_seconds.to_string());

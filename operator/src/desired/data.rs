@@ -3,8 +3,8 @@
 
 use serde_json::{json, Value};
 
-use super::components::{container_security, pod_security};
-use super::{Child, Names};
+use super::components::{container_security, pod_security, postgres_max_connections};
+use super::{Child, Inputs, Names};
 use crate::crd::{DataMode, DataServiceSpec, PayFlow};
 
 struct Managed {
@@ -31,13 +31,22 @@ const RABBITMQ: Managed = Managed {
     default_storage: "1Gi",
 };
 
-pub fn children(pf: &PayFlow, names: &Names, owner: &Value) -> Vec<Child> {
+fn managed(pf: &PayFlow) -> impl Iterator<Item = (&'static Managed, &DataServiceSpec)> {
+    [(&POSTGRES, &pf.spec.postgres), (&REDIS, &pf.spec.redis), (&RABBITMQ, &pf.spec.rabbitmq)]
+        .into_iter()
+        .filter(|(_, spec)| spec.mode == DataMode::Managed)
+}
+
+/// Names of the managed StatefulSets of `pf`.
+pub fn statefulset_names(pf: &PayFlow, names: &Names) -> Vec<String> {
+    managed(pf).map(|(m, _)| names.of(m.name)).collect()
+}
+
+pub fn children(pf: &PayFlow, names: &Names, owner: &Value, inputs: &Inputs) -> Vec<Child> {
     let mut out = Vec::new();
-    for (m, spec) in [(&POSTGRES, &pf.spec.postgres), (&REDIS, &pf.spec.redis), (&RABBITMQ, &pf.spec.rabbitmq)] {
-        if spec.mode == DataMode::Managed {
-            out.push(statefulset(m, spec, names, owner));
-            out.push(service(m, names, owner));
-        }
+    for (m, spec) in managed(pf) {
+        out.push(statefulset(pf, m, spec, names, owner, inputs));
+        out.push(service(m, names, owner));
     }
     out
 }
@@ -66,18 +75,33 @@ fn env(m: &Managed, names: &Names) -> Value {
 /// The uid and gid of the server user in the official data images.
 const DATA_UID: i64 = 999;
 
-fn statefulset(m: &Managed, spec: &DataServiceSpec, names: &Names, owner: &Value) -> Child {
+fn statefulset(
+    pf: &PayFlow,
+    m: &Managed,
+    spec: &DataServiceSpec,
+    names: &Names,
+    owner: &Value,
+    inputs: &Inputs,
+) -> Child {
     let name = names.of(m.name);
     let mut ports = vec![json!({"name": "main", "containerPort": m.port})];
     if m.name == "rabbitmq" {
         ports.push(json!({"name": "management", "containerPort": 15672}));
     }
-    let mut claim_spec = json!({
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": spec.storage.clone().unwrap_or_else(|| m.default_storage.into())}},
-    });
-    if let Some(class) = &spec.storage_class {
-        claim_spec["storageClassName"] = json!(class);
+    // volumeClaimTemplates cannot change once the StatefulSet exists (the API server refuses the
+    // whole apply), and its claims would not follow anyway: size and class stay as created.
+    let live = inputs.claim_templates.get(&name).and_then(|t| t.get(0)).map(|t| &t["spec"]);
+    let storage = match live.and_then(|s| s.pointer("/resources/requests/storage")) {
+        Some(live) => live.clone(),
+        None => json!(spec.storage.clone().unwrap_or_else(|| m.default_storage.into())),
+    };
+    let class = match live {
+        Some(live) => live.get("storageClassName").cloned(),
+        None => spec.storage_class.as_ref().map(|c| json!(c)),
+    };
+    let mut claim_spec = json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage}}});
+    if let Some(class) = class {
+        claim_spec["storageClassName"] = class;
     }
     // The official postgres, redis and rabbitmq images run their servers as uid/gid 999 and
     // start as root only to chown their data and drop to it. Starting as 999 directly keeps the
@@ -90,6 +114,19 @@ fn statefulset(m: &Managed, spec: &DataServiceSpec, names: &Names, owner: &Value
     }
     let mut container_sec = container_security();
     container_sec["readOnlyRootFilesystem"] = json!(false);
+    let mut container = json!({
+        "name": m.name,
+        "image": m.image,
+        "ports": ports,
+        "env": env(m, names),
+        "volumeMounts": [{"name": "data", "mountPath": m.mount}],
+        "readinessProbe": {"tcpSocket": {"port": "main"}, "periodSeconds": 5},
+        "securityContext": container_sec,
+    });
+    if m.name == "postgres" {
+        // The image's entrypoint runs `postgres` with these; the default 100 is too few for the pools.
+        container["args"] = json!(["-c", format!("max_connections={}", postgres_max_connections(pf))]);
+    }
     let obj = json!({
         "metadata": {"name": name, "labels": names.labels(m.name)},
         "spec": {
@@ -103,15 +140,7 @@ fn statefulset(m: &Managed, spec: &DataServiceSpec, names: &Names, owner: &Value
                 "spec": {
                     "securityContext": pod_sec,
                     "automountServiceAccountToken": false,
-                    "containers": [{
-                        "name": m.name,
-                        "image": m.image,
-                        "ports": ports,
-                        "env": env(m, names),
-                        "volumeMounts": [{"name": "data", "mountPath": m.mount}],
-                        "readinessProbe": {"tcpSocket": {"port": "main"}, "periodSeconds": 5},
-                        "securityContext": container_sec,
-                    }],
+                    "containers": [container],
                 },
             },
             "volumeClaimTemplates": [{"metadata": {"name": "data", "labels": names.labels(m.name)}, "spec": claim_spec}],

@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 
 use crate::crd::{DataMode, PayFlow};
 
-pub use components::{Component, COMPONENTS};
-pub use data::managed_urls;
+pub use components::{db_pool, postgres_max_connections, Component, COMPONENTS};
+pub use data::{managed_urls, statefulset_names};
 pub use schedule::migration_job_name;
 
 /// Field manager of everything the reconciler applies.
@@ -70,6 +70,9 @@ pub struct Inputs {
     pub external: BTreeMap<String, BTreeMap<String, String>>,
     /// Whether the migration Job of `spec.version` has succeeded.
     pub migrated: bool,
+    /// `spec.volumeClaimTemplates` of the live managed StatefulSets, by name: immutable, so
+    /// their size and class are kept.
+    pub claim_templates: BTreeMap<String, Value>,
 }
 
 /// Names and labels of one PayFlow's children.
@@ -141,14 +144,17 @@ pub fn children(pf: &PayFlow, inputs: &Inputs) -> Vec<Child> {
     let owner = owner_reference(pf);
     let names = Names { instance: pf.metadata.name.as_deref().unwrap_or("payflow") };
     let mut out = Vec::new();
-    out.extend(data::children(pf, &names, &owner));
+    out.extend(data::children(pf, &names, &owner, inputs));
     out.extend(components::config_maps(pf, &names, &owner, inputs));
     out.push(schedule::migration_job(pf, &names, &owner));
     if inputs.migrated {
         out.extend(components::workloads(pf, &names, &owner, inputs));
     }
     out.extend(components::services(&names, &owner));
-    out.push(schedule::reversal_cronjob(pf, &names, &owner, inputs));
+    // The reversal reads the schema too: it moves to a new version with the Deployments.
+    if inputs.migrated {
+        out.push(schedule::reversal_cronjob(pf, &names, &owner, inputs));
+    }
     out.extend(network::children(pf, &names, &owner));
     out
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::components::{container_security, env_from_secrets, image, pod_security, url};
+use super::components::{container_security, db_pool, env_from_secrets, image, pod_security, url};
 use super::{config_hash, Child, Inputs, Names};
 use crate::crd::{DataMode, PayFlow};
 
@@ -25,6 +25,7 @@ fn db_env(pf: &PayFlow, names: &Names) -> Vec<Value> {
 
 fn pod(pf: &PayFlow, names: &Names, args: Vec<String>, mut env: Vec<Value>, component: &str) -> Value {
     env.extend(db_env(pf, names));
+    env.push(json!({"name": "PAYFLOW_DB_MAX_CONNECTIONS", "value": db_pool(component).to_string()}));
     json!({
         "metadata": {"labels": names.labels(component)},
         "spec": {
