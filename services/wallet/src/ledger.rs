@@ -492,14 +492,20 @@ mod tests {
         pool
     }
 
-    #[tokio::test]
-    async fn a_hold_repeated_while_the_first_is_uncommitted_finds_it_instead_of_refusing() {
-        let pool = migrated_pool(3).await;
+    /// Two new USD wallets holding 1000.00 each.
+    async fn two_wallets_of_1000(pool: &PgPool) -> (Currency, UserId, UserId) {
         let usd = Currency::parse("USD").expect("USD");
         let (from, to) = (UserId(Uuid::now_v7()), UserId(Uuid::now_v7()));
         for user in [from, to] {
-            create_wallet(&pool, user, "hold test", usd, 100_000).await.expect("wallet");
+            create_wallet(pool, user, "ledger test", usd, 100_000).await.expect("wallet");
         }
+        (usd, from, to)
+    }
+
+    #[tokio::test]
+    async fn a_hold_repeated_while_the_first_is_uncommitted_finds_it_instead_of_refusing() {
+        let pool = migrated_pool(3).await;
+        let (usd, from, to) = two_wallets_of_1000(&pool).await;
         // 600.00 of 1000.00: a second hold of it would not fit beside the first.
         let new = NewTransfer {
             id: TransferId(Uuid::now_v7()),
@@ -551,11 +557,7 @@ mod tests {
     #[tokio::test]
     async fn holds_past_their_timeout_and_grace_are_voided_and_nothing_else() {
         let pool = migrated_pool(2).await;
-        let usd = Currency::parse("USD").expect("USD");
-        let (from, to) = (UserId(Uuid::now_v7()), UserId(Uuid::now_v7()));
-        for user in [from, to] {
-            create_wallet(&pool, user, "expiry test", usd, 100_000).await.expect("wallet");
-        }
+        let (usd, from, to) = two_wallets_of_1000(&pool).await;
         let hold = |amount| NewTransfer {
             id: TransferId(Uuid::now_v7()),
             from,
