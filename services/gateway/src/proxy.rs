@@ -40,7 +40,7 @@ pub async fn send(state: &AppState, upstream: &Upstream, parts: &Parts, body: By
     let outcome = |o: &str| state.gateway_metrics.upstream_requests.with_label_values(&[upstream.name, o]).inc();
     if !upstream.breaker.allow() {
         outcome("breaker_open");
-        return unavailable(upstream, false, false);
+        return unavailable(false, false);
     }
     let client_ip = parts.extensions.get::<ClientIp>().map(|c| c.0);
     let correlation = parts.extensions.get::<CorrelationId>().cloned();
@@ -70,7 +70,7 @@ pub async fn send(state: &AppState, upstream: &Upstream, parts: &Parts, body: By
             tracing::warn!(upstream = upstream.name, error = %e, "upstream call failed");
             // A failed connect sent nothing: plainly unavailable, whatever the method.
             let sent = !e.is_connect();
-            return unavailable(upstream, sent && timed_out, sent && writes);
+            return unavailable(sent && timed_out, sent && writes);
         }
     };
     let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -92,7 +92,7 @@ pub async fn send(state: &AppState, upstream: &Upstream, parts: &Parts, body: By
         Err(e) => {
             upstream.breaker.record_failure();
             tracing::warn!(upstream = upstream.name, error = %e, "upstream body failed");
-            unavailable(upstream, false, writes)
+            unavailable(false, writes)
         }
     }
 }
@@ -100,7 +100,7 @@ pub async fn send(state: &AppState, upstream: &Upstream, parts: &Parts, body: By
 /// The answer to a call that got none. `maybe_done`: a write reached the
 /// upstream, which finishes writes whoever waits for them, so the client must
 /// not take this for a refusal.
-fn unavailable(upstream: &Upstream, timed_out: bool, maybe_done: bool) -> Response {
+fn unavailable(timed_out: bool, maybe_done: bool) -> Response {
     let (status, code, message) = if timed_out {
         (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "Service did not answer in time")
     } else {
@@ -113,7 +113,7 @@ fn unavailable(upstream: &Upstream, timed_out: bool, maybe_done: bool) -> Respon
     } else {
         message.to_string()
     };
-    ApiError::new(status, code, message)
-        .with_details(vec![payflow_common::error::FieldError::new("service", upstream.name)])
-        .into_response()
+    // No `details`: api.md keeps them for validation errors, and clients show them as such.
+    // Which upstream failed is in `payflow_gateway_upstream_requests_total` (and the log).
+    ApiError::new(status, code, message).into_response()
 }

@@ -57,6 +57,8 @@ async fn an_unreachable_upstream_gives_a_fast_503_and_opens_the_breaker() {
         let (status, body) = get(&s, &format!("/api/wallets/{}", u.id), &u.access).await;
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["code"], "upstream_unavailable");
+        // `details` are validation errors to clients (api.md); this is none.
+        assert!(body.get("details").is_none(), "{body}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }
     // Auth is unaffected by the wallet's breaker.
