@@ -430,9 +430,16 @@ async fn prune(ctx: &Context, ns: &str, pf: &PayFlow, wanted: &[Child], refused:
     let uid = pf.metadata.uid.as_deref().unwrap_or_default();
     let lp =
         ListParams::default().labels(&format!("{INSTANCE_LABEL}={instance},app.kubernetes.io/managed-by={MANAGER}"));
+    // Discovery once per group and pass: the optional kinds share one.
+    let mut served: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (api_version, kind, optional) in PRUNABLE {
-        if *optional && !served(ctx, api_version, kind).await? {
-            continue;
+        if *optional {
+            if !served.contains_key(api_version) {
+                served.insert(api_version, served_kinds(ctx, api_version).await?);
+            }
+            if !served[api_version].iter().any(|k| k == kind) {
+                continue;
+            }
         }
         let probe = Child { api_version, kind, name: String::new(), object: json!({}) };
         let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &probe.api_resource());
@@ -465,11 +472,12 @@ async fn prune(ctx: &Context, ns: &str, pf: &PayFlow, wanted: &[Child], refused:
     Ok(())
 }
 
-/// Whether the API server serves `kind` of `api_version` (discovery, which every client may read).
-async fn served(ctx: &Context, api_version: &str, kind: &str) -> Result<bool> {
+/// The kinds the API server serves in `api_version` (discovery, which every client may read);
+/// none when the group is not served.
+async fn served_kinds(ctx: &Context, api_version: &str) -> Result<Vec<String>> {
     match ctx.client.list_api_group_resources(api_version).await {
-        Ok(list) => Ok(list.resources.iter().any(|r| r.kind == kind)),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Ok(list) => Ok(list.resources.into_iter().map(|r| r.kind).collect()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
         Err(e) => Err(e.into()),
     }
 }

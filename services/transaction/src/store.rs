@@ -230,11 +230,37 @@ pub async fn insert_pending(
     pending_insert(&sql, t).bind(user).bind(key).fetch_one(pool).await
 }
 
+/// Drops the PENDING row `$1` and does `key_action` (with `$2`, `$3` the key's
+/// user and name, NULL for none) to the unfinished key record pointing at it,
+/// in one statement: both or neither. `false` when the row was no longer
+/// PENDING (the reversal finished it): then nothing is written, and the key
+/// stays with its transaction (one key, one transaction).
+async fn drop_pending(
+    pool: &PgPool,
+    key_action: &str,
+    id: Uuid,
+    idempotency: Option<(Uuid, &str)>,
+    answer: Option<(u16, &Value)>,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!(
+        "WITH d AS ({DELETE_PENDING} RETURNING id), \
+              k AS ({key_action} WHERE user_id = $2 AND key = $3 \
+                    AND transaction_id IN (SELECT id FROM d) AND completed_at IS NULL) \
+         SELECT count(*) FROM d"
+    );
+    let mut q = sqlx::query_scalar::<_, i64>(&sql)
+        .bind(id)
+        .bind(idempotency.map(|(user, _)| user))
+        .bind(idempotency.map(|(_, key)| key));
+    if let Some((status, response)) = answer {
+        q = q.bind(status as i16).bind(response.to_string());
+    }
+    Ok(q.fetch_one(pool).await? > 0)
+}
+
 /// Wallet refused the hold synchronously: nothing was held, so the row goes
 /// and the refusal becomes the key's answer (the client got its error;
-/// nothing is left to reverse). `false`, with nothing written, when the row
-/// is no longer PENDING (the reversal finished it): it stays, and so does the
-/// key's record pointing at it.
+/// nothing is left to reverse). `false` as in [`drop_pending`].
 pub async fn reject(
     pool: &PgPool,
     id: Uuid,
@@ -242,51 +268,16 @@ pub async fn reject(
     status: u16,
     response: &Value,
 ) -> Result<bool, sqlx::Error> {
-    let mut tx = payflow_common::db::begin(pool).await?;
-    if sqlx::query(DELETE_PENDING).bind(id).execute(&mut *tx).await?.rows_affected() == 0 {
-        return Ok(false);
-    }
-    if let Some((user, key)) = idempotency {
-        sqlx::query(
-            "UPDATE txn.idempotency_keys \
-             SET transaction_id = NULL, response_status = $4, response_body = $5, completed_at = now() \
-             WHERE user_id = $1 AND key = $2 AND transaction_id = $3 AND completed_at IS NULL",
-        )
-        .bind(user)
-        .bind(key)
-        .bind(id)
-        .bind(status as i16)
-        .bind(response.to_string())
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(true)
+    const ANSWER: &str = "UPDATE txn.idempotency_keys \
+         SET transaction_id = NULL, response_status = $4, response_body = $5, completed_at = now()";
+    drop_pending(pool, ANSWER, id, idempotency, Some((status, response))).await
 }
 
 /// Drops a PENDING row whose hold is known not to exist (voided), together
 /// with the unfinished key record pointing at it, so the client may retry with
-/// the same key. `false`, with nothing written, when the row is no longer
-/// PENDING: then the key must stay with its transaction (one key, one
-/// transaction).
+/// the same key. `false` as in [`drop_pending`].
 pub async fn forget(pool: &PgPool, id: Uuid, idempotency: Option<(Uuid, &str)>) -> Result<bool, sqlx::Error> {
-    let mut tx = payflow_common::db::begin(pool).await?;
-    if sqlx::query(DELETE_PENDING).bind(id).execute(&mut *tx).await?.rows_affected() == 0 {
-        return Ok(false);
-    }
-    if let Some((user, key)) = idempotency {
-        sqlx::query(
-            "DELETE FROM txn.idempotency_keys \
-             WHERE user_id = $1 AND key = $2 AND transaction_id = $3 AND completed_at IS NULL",
-        )
-        .bind(user)
-        .bind(key)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(true)
+    drop_pending(pool, "DELETE FROM txn.idempotency_keys", id, idempotency, None).await
 }
 
 /// Drives transactions to a final state after wallet decided, with their
