@@ -308,6 +308,11 @@ EOF
     log "PayFlow Ready after $(elapsed_since "$t")s"
     wait_for -t 30 worker_scaled || die "the scaler did not set the worker to 2 replicas (has '$(worker_replicas)')"
     wait_for -t 10 exists ingress/check-gateway || die "no Ingress check-gateway"
+    # Only the public API goes through the Ingress, never the gateway's /metrics or probes.
+    local paths
+    paths="$(kubectl -n "$TEST_NS" get ingress check-gateway -o jsonpath='{.spec.rules[0].http.paths[*].path}')"
+    [[ "$paths" == "/api /health /.well-known/jwks.json" ]] ||
+        die "Ingress check-gateway routes '$paths', expected '/api /health /.well-known/jwks.json'"
     wait_for -t 10 exists poddisruptionbudget/check-gateway || die "no PodDisruptionBudget check-gateway"
     wait_for -t 30 has_pvcs || die "no PersistentVolumeClaims for the managed data services"
     log "scaled through /scale, Ingress and PDB applied, volumes claimed"

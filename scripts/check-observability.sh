@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Check the Grafana dashboards and Prometheus alert rules in grafana/ (tools/obscheck):
-#   1. promtool check + unit tests of the rules, PrometheusRule == plain rules file, runbook
-#      anchors; dashboard JSON, uids, variables, datasource and namespace filter of every query;
+#   1. promtool check + unit tests of every rules file (each must be in a test file's rule_files),
+#      PrometheusRule == plain rules file, runbook anchors; dashboard JSON, uids, variables,
+#      datasource and namespace filter of every query; every kustomization under grafana/ renders,
+#      with the namespace and `release` label of its flavour (kube-prometheus-stack, microk8s);
+#      the PodMonitor/ServiceMonitor select exactly the operator's pods and Service with metrics;
 #   2. against the running test stack and test cluster: starts `payflow dev` (own database, own
 #      AMQP prefix, free ports) and the operator on a PayFlow of its own namespace whose RabbitMQ
 #      is the test stack's, has a real Prometheus (Debian's `prometheus`, with the rules loaded)
@@ -106,7 +109,7 @@ eval "$stack_env"
 cluster_env="$("$PAYFLOW_SCRIPTS/testcluster.sh" env)"
 eval "$cluster_env"
 
-log "static checks: rules and dashboards"
+log "static checks: rules, dashboards, kustomizations, scrape monitors"
 "${CHECK[@]}" static
 
 log "building payflow and payflow-operator"

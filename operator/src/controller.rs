@@ -43,6 +43,9 @@ pub struct Context {
     pub client: Client,
     /// Watch only this namespace (a namespaced install, and tests); all when `None`.
     pub namespace: Option<String>,
+    /// The operator's own namespace, when it runs in a cluster: admitted to managed RabbitMQs'
+    /// management port (see desired::network).
+    pub home_namespace: Option<String>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     applied: Mutex<Applied>,
@@ -72,10 +75,16 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             namespace,
+            home_namespace: None,
             metrics,
             applied: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn with_home_namespace(mut self, home_namespace: Option<String>) -> Self {
+        self.home_namespace = home_namespace;
+        self
     }
 }
 
@@ -278,7 +287,8 @@ async fn apply(pf: &PayFlow, ctx: &Context) -> Result<Action> {
             }
         }
     }
-    let inputs = Inputs { credentials, external, migrated, claim_templates };
+    let operator_namespace = ctx.home_namespace.clone();
+    let inputs = Inputs { credentials, external, migrated, claim_templates, operator_namespace };
 
     let wanted = desired::children(pf, &inputs);
     let mut wrote = 0usize;

@@ -29,6 +29,10 @@ enum Command {
         /// Watch only this namespace (default: all namespaces).
         #[arg(long, env = "PAYFLOW_OPERATOR_NAMESPACE")]
         namespace: Option<String>,
+        /// The operator's own namespace (in a cluster, from the downward API): its pods may call the
+        /// management API of managed RabbitMQs, where the queue-depth scaler reads.
+        #[arg(long = "home-namespace", env = "PAYFLOW_OPERATOR_HOME_NAMESPACE")]
+        home_namespace: Option<String>,
         #[command(flatten)]
         election: Election,
     },
@@ -62,10 +66,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd => payflow_operator::crd::crd_yaml().map(|yaml| print!("{yaml}")),
-        Command::Run { metrics_addr, namespace, election } => {
+        Command::Run { metrics_addr, namespace, home_namespace, election } => {
             payflow_common::telemetry::init();
             match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt.block_on(run(metrics_addr, namespace, election.config())),
+                Ok(rt) => rt.block_on(run(metrics_addr, namespace, home_namespace, election.config())),
                 Err(e) => Err(e.into()),
             }
         }
@@ -79,7 +83,12 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(metrics_addr: SocketAddr, namespace: Option<String>, lease: Option<LeaseConfig>) -> anyhow::Result<()> {
+async fn run(
+    metrics_addr: SocketAddr,
+    namespace: Option<String>,
+    home_namespace: Option<String>,
+    lease: Option<LeaseConfig>,
+) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await?;
     let metrics = Arc::new(Metrics::new()?);
     let app = Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(|| async { "ok" })).route(
@@ -115,7 +124,7 @@ async fn run(metrics_addr: SocketAddr, namespace: Option<String>, lease: Option<
     };
     metrics.set_leader(true);
 
-    let ctx = Arc::new(Context::new(client, metrics.clone(), namespace));
+    let ctx = Arc::new(Context::new(client, metrics.clone(), namespace).with_home_namespace(home_namespace));
     let scaler = tokio::spawn(payflow_operator::scaler::runner::run(ctx.clone()));
     let lost = async {
         match election.as_mut() {

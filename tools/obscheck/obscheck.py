@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Checks of the PayFlow dashboards and alert rules (run by scripts/check-observability.sh).
 
-  static                 rules (promtool check/test, plain file == PrometheusRule, runbook anchors)
-                         and dashboards (JSON, uids, variables, datasource and namespace filters)
+  static                 rules (promtool check/test of every rules file, plain file == PrometheusRule,
+                         runbook anchors), dashboards (JSON, uids, variables, datasource and namespace
+                         filters), every kustomization under grafana/ (renders; release label and
+                         namespace of each install flavour), the scrape monitors (they select exactly
+                         the operator's pods and Service that serve metrics)
   traffic GATEWAY [PROM NS]  registers two users, sends money (and one refused transfer), reads
                          notifications; with PROM, lets Prometheus see the first transfer's series first
   scraped PROM NS N      waits until Prometheus has scraped N targets of namespace NS
@@ -33,6 +36,15 @@ DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 RULES = GRAFANA / "alerts" / "payflow.rules.yaml"
 PROMETHEUS_RULE = GRAFANA / "alerts" / "prometheusrule.yaml"
 RULE_TESTS = GRAFANA / "alerts" / "tests.yaml"
+MONITORS = GRAFANA / "monitors"
+# The operator's desired objects for a full PayFlow, as its golden test keeps them.
+OPERATOR_GOLDEN = ROOT / "operator" / "tests" / "golden" / "full.yaml"
+OPERATOR_MANIFESTS = ROOT / "manifests" / "operator"
+# Install flavours: kustomization -> (namespace, release label the Prometheus selects).
+FLAVOURS = {"kube-prometheus-stack": ("monitoring", "kube-prometheus-stack"), "microk8s": ("observability", "kube-prom-stack")}
+MONITORING_KINDS = ("PrometheusRule", "PodMonitor", "ServiceMonitor")
+# Series Prometheus makes itself for every target: used by rules, exported by nobody.
+SYNTHETIC = {"up"}
 RUNBOOK = ROOT / "docs" / "runbook.md"
 # Where metric names are defined (only to explain a missing name, never as the list to check).
 SOURCES = [p for d in ("services", "operator") for p in (ROOT / d).glob("**/src/**/*.rs")]
@@ -162,6 +174,36 @@ def run(cmd, fails):
     return r
 
 
+def yaml_files(root):
+    """{path: document} of every single-document YAML file under root."""
+    out = {}
+    for path in sorted(root.rglob("*.y*ml")):
+        try:
+            out[path] = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            continue  # kustomizations and CRs are single documents; anything else is not ours
+    return out
+
+
+def check_rules_tested():
+    """Every plain rules file under grafana/ is a rule_file of a promtool test file, and every test
+    file passes: a new rules file without tests fails here."""
+    fails = Failures()
+    docs = yaml_files(GRAFANA)
+    rule_files = [p for p, d in docs.items() if isinstance(d, dict) and "groups" in d and "kind" not in d]
+    test_files = [p for p, d in docs.items() if isinstance(d, dict) and "tests" in d and "rule_files" in d]
+    fails.check(RULES in rule_files and RULE_TESTS in test_files, f"expected {RULES.name} and {RULE_TESTS.name}")
+    tested = {(t.parent / f).resolve() for t in test_files for f in docs[t]["rule_files"]}
+    for path in rule_files:
+        fails.check(path.resolve() in tested, f"{path.relative_to(ROOT)}: no promtool test file lists it in rule_files")
+        run(["promtool", "check", "rules", path], fails)
+    for path in test_files:
+        # promtool resolves rule_files relative to the test file.
+        run(["promtool", "test", "rules", path], fails)
+    names = ", ".join(str(p.relative_to(GRAFANA)) for p in rule_files + test_files)
+    return fails.report(f"every rules file has promtool tests and passes them ({names})")
+
+
 def check_rules():
     fails = Failures()
     run(["promtool", "check", "rules", RULES], fails)
@@ -175,8 +217,6 @@ def check_rules():
         run(["promtool", "check", "rules", tmp.name], fails)
     fails.check(plain["groups"] == crd["spec"]["groups"],
                 f"the groups of {PROMETHEUS_RULE.name} differ from {RULES.name}")
-    # promtool resolves rule_files relative to the test file.
-    run(["promtool", "test", "rules", RULE_TESTS], fails)
     anchors = {slug(m) for m in re.findall(r"^#+\s+(.*?)\s*$", RUNBOOK.read_text(), re.M)}
     tested = set(re.findall(r"alertname:\s*(\S+)", RULE_TESTS.read_text()))
     for g in plain["groups"]:
@@ -193,6 +233,112 @@ def check_rules():
                         f"{name}: runbook_url {url} has no matching heading in docs/runbook.md")
             fails.check(name in tested, f"{name}: no test in {RULE_TESTS.name}")
     return fails.report(f"alert rules ({RULES.name}, {PROMETHEUS_RULE.name}, {RULE_TESTS.name})")
+
+
+def kustomize(path):
+    """The objects `kubectl kustomize path` renders, or an error message."""
+    r = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        return None, f"kubectl kustomize {path.relative_to(ROOT)}: {r.stderr.strip()}"
+    return [d for d in yaml.safe_load_all(r.stdout) if d], None
+
+
+def check_kustomizations():
+    """Every kustomization under grafana/ renders; each install flavour puts everything in its
+    namespace with the release label its Prometheus selects, and ships the tested rules as is."""
+    fails = Failures()
+    dirs = sorted(k.parent for k in GRAFANA.rglob("kustomization.yaml"))
+    rendered = {}
+    for d in dirs:
+        objs, err = kustomize(d)
+        if fails.check(err is None, err) and fails.check(objs, f"{d.relative_to(ROOT)} renders nothing"):
+            rendered[d] = objs
+    plain = yaml.safe_load(RULES.read_text())["groups"]
+    for d, objs in rendered.items():
+        for o in objs:
+            if o.get("kind") == "PrometheusRule":
+                fails.check(o["spec"]["groups"] == plain,
+                            f"{d.relative_to(ROOT)}: the PrometheusRule's groups differ from {RULES.name}")
+    for flavour, (namespace, release) in FLAVOURS.items():
+        objs = rendered.get(GRAFANA / flavour)
+        if not fails.check(objs, f"no grafana/{flavour} kustomization"):
+            continue
+        kinds = sorted(o["kind"] for o in objs)
+        fails.check(kinds == sorted(["ConfigMap", *MONITORING_KINDS]),
+                    f"grafana/{flavour}: expected the dashboards, rules and monitors, got {kinds}")
+        for o in objs:
+            meta, what = o["metadata"], f"grafana/{flavour}: {o['kind']} {o['metadata'].get('name')}"
+            fails.check(meta.get("namespace") == namespace, f"{what}: namespace {meta.get('namespace')}, not {namespace}")
+            if o["kind"] in MONITORING_KINDS:
+                got = meta.get("labels", {}).get("release")
+                fails.check(got == release, f"{what}: label release={got}, not {release}")
+    # The bundle without CRDs stays free of them.
+    for o in rendered.get(GRAFANA, []):
+        fails.check(o["kind"] not in MONITORING_KINDS, f"grafana (no CRDs needed) renders a {o['kind']}")
+    return fails.report(f"kustomizations ({', '.join(str(d.relative_to(ROOT)) for d in dirs)})")
+
+
+def selects(selector, labels):
+    """A Kubernetes label selector (matchLabels, matchExpressions) against a label map."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        ok = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def check_monitors():
+    """The PodMonitor selects exactly the operator's pods that serve metrics on its port (checked
+    against the operator's own output for a full PayFlow), the ServiceMonitor exactly the
+    operator's metrics Service, both in any namespace."""
+    fails = Failures()
+    objs, err = kustomize(MONITORS)
+    if not fails.check(err is None, err):
+        return fails.report("scrape monitors")
+    by_kind = {o["kind"]: o for o in objs}
+    fails.check(sorted(by_kind) == ["PodMonitor", "ServiceMonitor"], f"grafana/monitors renders {sorted(by_kind)}")
+    pm, sm = by_kind.get("PodMonitor"), by_kind.get("ServiceMonitor")
+    if pm:
+        spec = pm["spec"]
+        fails.check(spec.get("namespaceSelector") == {"any": True}, "PodMonitor: namespaceSelector is not any: true")
+        endpoints = spec.get("podMetricsEndpoints") or []
+        fails.check(len(endpoints) == 1, "PodMonitor: expected one podMetricsEndpoint")
+        ep = endpoints[0] if endpoints else {}
+        # Without it a target label of the same name would rename the services' `service` label.
+        fails.check(ep.get("honorLabels") is True, "PodMonitor: honorLabels is not true")
+        fails.check(ep.get("path", "/metrics") == "/metrics", "PodMonitor: path is not /metrics")
+        pods = []
+        for o in yaml.safe_load_all(OPERATOR_GOLDEN.read_text()):
+            template = {"CronJob": lambda o: o["spec"]["jobTemplate"]["spec"]["template"]}.get(
+                o["kind"], lambda o: o["spec"].get("template"))(o) if o["kind"] in (
+                "Deployment", "StatefulSet", "Job", "CronJob") else None
+            if template:
+                ports = {p.get("name") for c in template["spec"]["containers"] for p in c.get("ports", [])}
+                pods.append((f"{o['kind']} {o['metadata']['name']}", template["metadata"].get("labels", {}), ports))
+        serving = {name for name, _, ports in pods if ep.get("port") in ports}
+        selected = {name for name, labels, _ in pods if selects(spec.get("selector", {}), labels)}
+        deployments = {name for name, _, _ in pods if name.startswith("Deployment ")}
+        fails.check(len(deployments) == 6 and deployments <= serving,
+                    f"PodMonitor: port {ep.get('port')!r} is not the port of every component ({sorted(serving)})")
+        fails.check(selected == serving, f"PodMonitor selects {sorted(selected)}; pods serving on port "
+                                         f"{ep.get('port')!r}: {sorted(serving)} ({OPERATOR_GOLDEN.relative_to(ROOT)})")
+    if sm:
+        spec = sm["spec"]
+        fails.check(spec.get("namespaceSelector") == {"any": True}, "ServiceMonitor: namespaceSelector is not any: true")
+        operator, err = kustomize(OPERATOR_MANIFESTS)
+        if fails.check(err is None, err):
+            services = [o for o in operator if o["kind"] == "Service"
+                        and selects(spec.get("selector", {}), o["metadata"].get("labels", {}))]
+            names = [o["metadata"]["name"] for o in services]
+            fails.check(names == ["payflow-operator-metrics"], f"ServiceMonitor selects Services {names}")
+            ports = {p.get("name") for o in services for p in o["spec"]["ports"]}
+            for ep in spec.get("endpoints") or [{}]:
+                fails.check(ep.get("port") in ports, f"ServiceMonitor: port {ep.get('port')!r} not in {sorted(ports)}")
+    return fails.report("scrape monitors (PodMonitor, ServiceMonitor against the operator's objects)")
 
 
 def slug(heading):
@@ -339,7 +485,7 @@ def check_exported(urls):
             fails.append(f"cannot scrape {url}: {e}")
     source = "\n".join(p.read_text() for p in SOURCES)
     for name, where in sorted(used_names().items()):
-        if name in exported:
+        if name in exported or name in SYNTHETIC:
             continue
         if f'"{family(name)}"' in source:
             why = ("defined in the code but no series yet: a labelled metric with no label value observed "
@@ -396,7 +542,7 @@ def check_queries(prom, namespace, timeout=60.0, rate_interval="1m"):
 def main(argv):
     cmd, args = (argv[0], argv[1:]) if argv else ("", [])
     if cmd == "static":
-        ok = all([check_rules(), check_dashboards()])
+        ok = all([check_rules_tested(), check_rules(), check_dashboards(), check_kustomizations(), check_monitors()])
     elif cmd == "traffic" and len(args) in (1, 3):
         ok = traffic(args[0].rstrip("/"), *(a.rstrip("/") for a in args[1:]))
     elif cmd == "scraped" and len(args) == 3:

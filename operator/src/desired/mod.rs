@@ -73,6 +73,8 @@ pub struct Inputs {
     /// `spec.volumeClaimTemplates` of the live managed StatefulSets, by name: immutable, so
     /// their size and class are kept.
     pub claim_templates: BTreeMap<String, Value>,
+    /// The operator's own namespace, when known: its scaler reads a managed RabbitMQ's queue depth.
+    pub operator_namespace: Option<String>,
 }
 
 /// Names and labels of one PayFlow's children.
@@ -155,6 +157,6 @@ pub fn children(pf: &PayFlow, inputs: &Inputs) -> Vec<Child> {
     if inputs.migrated {
         out.push(schedule::reversal_cronjob(pf, &names, &owner, inputs));
     }
-    out.extend(network::children(pf, &names, &owner));
+    out.extend(network::children(pf, &names, &owner, inputs.operator_namespace.as_deref()));
     out
 }
