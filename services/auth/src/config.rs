@@ -72,6 +72,7 @@ pub struct Config {
     pub login_lockout_secs: u64,
 
     /// Password hashes (argon2id) computed at once; each takes one CPU core for tens of milliseconds.
+    /// A login or registration waits at most 2 s for one, then gets a 503 with Retry-After.
     #[arg(
         long = "hash-concurrency",
         env = "PAYFLOW_HASH_CONCURRENCY",

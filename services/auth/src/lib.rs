@@ -16,9 +16,12 @@ mod extract;
 mod janitor;
 mod metrics;
 mod password;
+mod revocation_sync;
 mod routes;
 mod state;
 mod store;
+#[cfg(test)]
+mod test_support;
 mod tokens;
 mod wallet_client;
 
@@ -43,10 +46,18 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let state = AppState::new(&cfg).await?;
     let listener = server::bind(cfg.listen.addr(cfg.port)).await?;
-    let janitor_cancel = cancel.child_token();
-    let janitor = tokio::spawn(janitor::run(state.clone(), janitor_cancel.clone()));
+    let background_cancel = cancel.child_token();
+    let background = tokio::spawn(background(state.clone(), background_cancel.clone()));
     let served = server::serve(listener, router(state), cancel).await;
-    janitor_cancel.cancel();
-    let _ = janitor.await;
+    background_cancel.cancel();
+    let _ = background.await;
     served
+}
+
+/// What an auth replica does besides answering requests, until `cancel`:
+/// cleanup of stale rows, and keeping the Redis revocation list complete
+/// (see `revocation_sync`). [`run`] runs it; tests that serve [`router`]
+/// themselves start it with this.
+pub async fn background(state: AppState, cancel: CancellationToken) {
+    tokio::join!(janitor::run(state.clone(), cancel.clone()), revocation_sync::run(state, cancel));
 }

@@ -69,15 +69,15 @@ fn hash_bytes(token: &[u8]) -> RefreshTokenHash {
     RefreshTokenHash(Sha256::digest(token).into())
 }
 
-/// Claims of a new access token: a fresh `jti`, valid from now for `ttl_secs`.
+/// Claims of a new access token: a fresh `jti`, valid from `iat` until `exp` (Unix seconds).
 pub fn access_claims(
     user_id: UserId,
     email: &Email,
     role: Role,
     jti: Uuid,
     claims: &JwtClaimArgs,
-    now: i64,
-    ttl_secs: i64,
+    iat: i64,
+    exp: i64,
 ) -> AccessClaims {
     AccessClaims {
         sub: user_id,
@@ -85,9 +85,9 @@ pub fn access_claims(
         role: role.as_str().to_string(),
         iss: claims.issuer.clone(),
         aud: claims.audience.clone(),
-        exp: now + ttl_secs,
-        nbf: now,
-        iat: now,
+        exp,
+        nbf: iat,
+        iat,
         jti: jti.to_string(),
         typ: ACCESS_TYP.to_string(),
     }
@@ -142,7 +142,7 @@ mod tests {
         let user = UserId::new();
         let jti = Uuid::new_v4();
         let email = Email::parse("a@b.co").unwrap();
-        let c = access_claims(user, &email, Role::User, jti, &JwtClaimArgs::default(), 1_000, 900);
+        let c = access_claims(user, &email, Role::User, jti, &JwtClaimArgs::default(), 1_000, 1_900);
         assert_eq!(c.sub, user);
         assert_eq!((c.iat, c.nbf, c.exp), (1_000, 1_000, 1_900));
         assert_eq!(c.typ, "access");

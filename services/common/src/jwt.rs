@@ -132,7 +132,7 @@ pub struct JwtVerifier {
 struct Inner {
     keys: RwLock<HashMap<String, DecodingKey>>,
     jwks: Option<(String, reqwest::Client)>,
-    last_fetch: Mutex<Option<Instant>>,
+    last_fetch: Mutex<LastFetch>,
     validation: Validation,
     /// Tokens verified lately: a client sends the same token with every
     /// request for its lifetime, and checking an Ed25519 signature costs more
@@ -141,6 +141,17 @@ struct Inner {
 }
 
 const REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a failed fetch is the answer for every token that needs keys.
+/// While auth is down, each token with an unknown `kid` used to start its own
+/// fetch (up to 3 s each, one at a time); now one fetch per this interval.
+const RETRY_FAILED_FETCH_AFTER: Duration = Duration::from_secs(2);
+
+/// The last JWKS fetch: when it succeeded, or when and why it failed.
+#[derive(Default)]
+struct LastFetch {
+    succeeded: Option<Instant>,
+    failed: Option<(Instant, String)>,
+}
 /// How long a verified token is trusted without checking its signature again
 /// (also bounds how long a token signed by a key that auth withdrew still passes).
 const VERIFIED_FOR: Duration = Duration::from_secs(60);
@@ -165,7 +176,7 @@ impl JwtVerifier {
             inner: Arc::new(Inner {
                 keys: RwLock::new(keys),
                 jwks,
-                last_fetch: Mutex::new(None),
+                last_fetch: Mutex::new(LastFetch::default()),
                 validation,
                 verified,
             }),
@@ -231,8 +242,13 @@ impl JwtVerifier {
             return Ok(());
         };
         let mut last = self.inner.last_fetch.lock().await;
-        if last.is_some_and(|t| t.elapsed() < REFETCH_INTERVAL) {
+        if last.succeeded.is_some_and(|t| t.elapsed() < REFETCH_INTERVAL) {
             return Ok(());
+        }
+        if let Some((at, reason)) = &last.failed {
+            if at.elapsed() < RETRY_FAILED_FETCH_AFTER {
+                return Err(TokenError::KeysUnavailable(reason.clone()));
+            }
         }
         let fetched: Result<JwkSet, String> = async {
             let res = client.get(url).send().await.map_err(|e| e.to_string())?;
@@ -240,8 +256,14 @@ impl JwtVerifier {
             res.json::<JwkSet>().await.map_err(|e| e.to_string())
         }
         .await;
-        let set = fetched.map_err(TokenError::KeysUnavailable)?;
-        *last = Some(Instant::now());
+        let set = match fetched {
+            Ok(set) => set,
+            Err(reason) => {
+                last.failed = Some((Instant::now(), reason.clone()));
+                return Err(TokenError::KeysUnavailable(reason));
+            }
+        };
+        *last = LastFetch { succeeded: Some(Instant::now()), failed: None };
         let mut keys = HashMap::new();
         for jwk in &set.keys {
             if let (Some(kid), Ok(key)) = (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)) {
@@ -321,6 +343,39 @@ mod tests {
         let payload = token.split('.').nth(1).unwrap();
         let none = format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#), payload);
         assert!(verifier.verify(&none).await.is_err(), "alg none");
+    }
+
+    /// While auth is away, tokens with an unknown `kid` share one failed fetch
+    /// instead of each waiting for its own.
+    #[tokio::test]
+    async fn a_failed_jwks_fetch_is_not_repeated_for_every_token() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/.well-known/jwks.json", listener.local_addr().unwrap());
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = attempts.clone();
+        // Takes each connection and closes it unanswered: every fetch fails at once.
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+        let verifier = JwtVerifier::from_jwks_url(&url, &JwtClaimArgs::default());
+        let token = JwtSigner::generate().unwrap().sign(&claims(chrono::Utc::now().timestamp())).unwrap();
+        for _ in 0..5 {
+            assert!(matches!(verifier.verify(&token).await, Err(TokenError::KeysUnavailable(_))));
+        }
+        assert!(verifier.ensure_keys().await.is_err());
+        let fetches = || attempts.load(std::sync::atomic::Ordering::SeqCst);
+        // reqwest may try a closed connection once more; what matters is one fetch, not six.
+        assert!((1..=2).contains(&fetches()), "{} connections for one fetch", fetches());
+
+        // Once the interval has passed, the next token tries again.
+        let before = fetches();
+        verifier.inner.last_fetch.lock().await.failed =
+            Some((Instant::now() - RETRY_FAILED_FETCH_AFTER, "earlier".into()));
+        assert!(matches!(verifier.verify(&token).await, Err(TokenError::KeysUnavailable(_))));
+        assert!(fetches() > before, "a new fetch after the interval");
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub struct Config {
     pub upstreams: UpstreamArgs,
     #[command(flatten)]
     pub limits: RateLimitArgs,
-    /// Origins allowed by CORS (comma-separated).
+    /// Origins allowed by CORS (comma-separated, trailing slash ignored; `*`: any origin, without credentials).
     #[arg(
         long = "cors-origins",
         env = "PAYFLOW_CORS_ORIGINS",

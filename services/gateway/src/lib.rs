@@ -5,6 +5,7 @@
 pub mod breaker;
 pub mod client_ip;
 pub mod config;
+pub mod cors;
 pub mod idempotency_cache;
 mod legacy_paths;
 mod payments;

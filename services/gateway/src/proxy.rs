@@ -38,10 +38,12 @@ pub async fn forward(state: &AppState, upstream: &Upstream, req: Request) -> Res
 /// Sends an already-read request to `upstream` and relays its answer.
 pub async fn send(state: &AppState, upstream: &Upstream, parts: &Parts, body: Bytes) -> Response {
     let outcome = |o: &str| state.gateway_metrics.upstream_requests.with_label_values(&[upstream.name, o]).inc();
-    if !upstream.breaker.allow() {
+    // Dropped without a verdict when this request is (a client that went away
+    // during a GET): a half-open trial then frees its slot instead of holding it.
+    let Some(attempt) = upstream.breaker.attempt() else {
         outcome("breaker_open");
         return unavailable(false, false);
-    }
+    };
     let client_ip = parts.extensions.get::<ClientIp>().map(|c| c.0);
     let correlation = parts.extensions.get::<CorrelationId>().cloned();
     let method = parts.method.clone();
@@ -64,7 +66,7 @@ pub async fn send(state: &AppState, upstream: &Upstream, parts: &Parts, body: By
     let res = match call.body(body).send().await {
         Ok(r) => r,
         Err(e) => {
-            upstream.breaker.record_failure();
+            attempt.failed();
             let timed_out = e.is_timeout();
             outcome(if timed_out { "timeout" } else { "error" });
             tracing::warn!(upstream = upstream.name, error = %e, "upstream call failed");
@@ -77,7 +79,7 @@ pub async fn send(state: &AppState, upstream: &Upstream, parts: &Parts, body: By
     // Any answer, 5xx included, shows the upstream reachable and quick: the breaker
     // exists for upstreams that hang or refuse connections. Counting 5xx turned a
     // 0.5 s database restart behind the transaction service into 10 s of 503s here.
-    upstream.breaker.record_success();
+    attempt.succeeded();
     outcome(if status.is_server_error() { "server_error" } else { "ok" });
     let mut out = Response::builder().status(status);
     for name in FORWARDED_RESPONSE {

@@ -4,7 +4,6 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -12,12 +11,13 @@ use axum::Router;
 use payflow_common::bearer::{bearer_token, AuthUser};
 use payflow_common::error::ApiError;
 use payflow_common::extract::{parse_path_id, PathParam};
-use payflow_common::ids::UserId;
+use payflow_common::ids::{TransferId, UserId};
 use payflow_common::jwt::TokenError;
 use payflow_common::server::{with_common_layers, ServiceInfo};
 use tower::ServiceExt;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use uuid::Uuid;
 
+use crate::client_ip::limit_key;
 use crate::proxy::{forward, ClientIp};
 use crate::rate_limit::{Decision, Limit};
 use crate::state::{AppState, Upstream};
@@ -32,7 +32,7 @@ pub fn router(state: AppState) -> Router {
             ..Default::default()
         },
     )
-    .with_cors(cors(&state.cors_origins));
+    .with_cors(state.cors.layer());
 
     // Anonymous calls that guess passwords or mint tokens get a tighter limit.
     let auth_public = Router::new()
@@ -47,9 +47,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/wallets", get(to_wallet))
         .route("/api/wallets/{user_id}", get(own_wallet))
         .route("/api/transactions", get(to_transaction).post(crate::payments::create))
-        .route("/api/transactions/{id}", get(to_transaction))
+        .route("/api/transactions/{id}", get(one_transaction))
         .route("/api/notifications/{user_id}", get(own_notifications))
-        .route("/api/notifications/{id}/read", put(to_notification))
+        .route("/api/notifications/{id}/read", put(read_notification))
         .route("/api/metrics", get(crate::status::services))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_user));
 
@@ -61,28 +61,6 @@ pub fn router(state: AppState) -> Router {
     // Outside the route table, since routing happens before any of its layers run.
     let app = with_common_layers(api, &info).map_request(crate::legacy_paths::normalize);
     Router::new().fallback_service(app)
-}
-
-fn cors(origins: &[String]) -> CorsLayer {
-    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o.trim()).ok()).collect();
-    CorsLayer::new()
-        .allow_origin(AllowOrigin::list(origins))
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::HeaderName::from_static("idempotency-key"),
-            header::HeaderName::from_static("x-correlation-id"),
-        ])
-        .expose_headers([
-            header::RETRY_AFTER,
-            header::HeaderName::from_static("idempotent-replayed"),
-            header::HeaderName::from_static("x-correlation-id"),
-            // The transaction list's next page, for browser clients paging by cursor.
-            header::HeaderName::from_static("x-next-cursor"),
-        ])
-        .allow_credentials(true)
-        .max_age(std::time::Duration::from_secs(600))
 }
 
 async fn to_auth(State(s): State<AppState>, req: Request) -> Response {
@@ -97,8 +75,22 @@ async fn to_transaction(State(s): State<AppState>, req: Request) -> Response {
     forward(&s, &s.upstreams.transaction, req).await
 }
 
-async fn to_notification(State(s): State<AppState>, req: Request) -> Response {
-    forward(&s, &s.upstreams.notification, req).await
+/// The path is forwarded as sent, and the upstream's HTTP client resolves dot
+/// segments: `/api/transactions/..` (or `%2e%2e`) would reach the service as
+/// `/api/`. So an `{id}` is checked here, with the services' own answer for a
+/// malformed one (400 at `id`).
+async fn one_transaction(State(s): State<AppState>, PathParam(raw): PathParam, req: Request) -> Response {
+    match parse_path_id::<TransferId>(&raw, "id") {
+        Ok(_) => forward(&s, &s.upstreams.transaction, req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn read_notification(State(s): State<AppState>, PathParam(raw): PathParam, req: Request) -> Response {
+    match parse_path_id::<Uuid>(&raw, "id") {
+        Ok(_) => forward(&s, &s.upstreams.notification, req).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn own_notifications(
@@ -152,17 +144,16 @@ async fn ip_limit(State(s): State<AppState>, mut req: Request, next: Next) -> Re
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let xff = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let ip = s.trusted_proxies.client_ip(peer, xff);
+    let ip = s.trusted_proxies.client_ip(peer, req.headers());
     req.extensions_mut().insert(ClientIp(ip));
-    if let Some(denied) = take(&s, &format!("ip:{ip}"), s.limits.ip, "ip").await {
+    if let Some(denied) = take(&s, &format!("ip:{}", limit_key(ip)), s.limits.ip, "ip").await {
         return denied;
     }
     next.run(req).await
 }
 
 async fn auth_limit(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let ip = req.extensions().get::<ClientIp>().map(|c| c.0.to_string()).unwrap_or_default();
+    let ip = req.extensions().get::<ClientIp>().map(|c| limit_key(c.0)).unwrap_or_default();
     if let Some(denied) = take(&s, &format!("auth:{ip}"), s.limits.auth, "auth").await {
         return denied;
     }

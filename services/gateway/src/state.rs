@@ -11,6 +11,7 @@ use prometheus::{IntCounterVec, Opts};
 use crate::breaker::CircuitBreaker;
 use crate::client_ip::TrustedProxies;
 use crate::config::Config;
+use crate::cors::CorsOrigins;
 use crate::rate_limit::{Limit, RateLimiter};
 
 /// One service behind the gateway.
@@ -77,7 +78,7 @@ pub struct Parts {
     pub upstreams: Upstreams,
     pub http: reqwest::Client,
     pub trusted_proxies: TrustedProxies,
-    pub cors_origins: Vec<String>,
+    pub cors: CorsOrigins,
     pub metrics: Metrics,
     pub gateway_metrics: GatewayMetrics,
 }
@@ -137,7 +138,7 @@ impl AppState {
             },
             http,
             trusted_proxies: TrustedProxies::parse(&cfg.trusted_proxies)?,
-            cors_origins: cfg.cors_origins.clone(),
+            cors: CorsOrigins::parse(&cfg.cors_origins)?,
             metrics,
             gateway_metrics,
         })))

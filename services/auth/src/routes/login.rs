@@ -46,7 +46,7 @@ pub async fn login(
     // Same answer and the same hashing work as any unknown email, but no
     // throttle record: no account can have such an email.
     if !request.email_is_plausible() {
-        state.hasher.verify(&request.password, None).await.map_err(ApiError::internal)?;
+        state.hasher.verify(&request.password, None).await?;
         audit::record(&state.pool, AuditEvent::LoginFailure, None, ip.as_deref(), json!({"reason": "malformed_email"}))
             .await;
         state.auth_metrics.login(LoginResult::Invalid);
@@ -68,7 +68,7 @@ pub async fn login(
         Some((user, hash)) => (Some(user), Some(hash)),
         None => (None, None),
     };
-    let matched = state.hasher.verify(&password, hash.as_deref()).await.map_err(ApiError::internal)?;
+    let matched = state.hasher.verify(&password, hash.as_deref()).await?;
 
     let user = match user {
         Some(user) if matched => user,
@@ -130,4 +130,38 @@ pub async fn login(
         access_token: tokens.access_token,
         refresh_token: tokens.refresh_token,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use serde_json::json;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::test_support::{config, fresh_email, post, serve_auth};
+
+    /// A burst of sign-ins holds every hashing slot: a login waits a bounded
+    /// time for one, then answers 503 with Retry-After. It used to queue
+    /// without limit, hashing long after the gateway (10 s) had given up.
+    #[tokio::test]
+    async fn a_login_that_gets_no_hashing_slot_answers_503_quickly() {
+        let cancel = CancellationToken::new();
+        let (state, url) = serve_auth(&config(&[("hash-concurrency", "1".into())]), &cancel).await;
+        let login = format!("{url}/api/auth/login");
+        let attempt = json!({"email": fresh_email(), "password": "Sup3r-secret"});
+        let held = state.hasher.occupy_all().await;
+        let started = Instant::now();
+        let (status, retry_after, body) = post(&login, attempt.clone()).await;
+        let took = started.elapsed();
+        assert_eq!((status, body["code"].as_str()), (503, Some("auth_busy")), "{body}");
+        assert!(body["error"].is_string(), "{body}");
+        assert_eq!(retry_after.as_deref(), Some("2"));
+        assert!(took < Duration::from_secs(4), "answered after {took:?}");
+
+        drop(held);
+        let (status, _, body) = post(&login, attempt).await;
+        assert_eq!((status, body["error"].as_str()), (401, Some("Invalid credentials")), "hashing again");
+        cancel.cancel();
+    }
 }

@@ -1,6 +1,6 @@
 //! POST /api/auth/logout (Bearer), optional body `{"refreshToken"}`.
 //!
-//! Ends the caller's session: the access token's `jti` goes on the Redis
+//! Ends the caller's session: the access token's `jti` goes on the
 //! revocation list, and the refresh-token family is revoked. Which family:
 //! the one that issued the presented access token (every access token is
 //! issued with a refresh token, so this is "this device"), plus the family
@@ -9,17 +9,18 @@
 //! another user is ignored, not revoked. Access tokens issued earlier in a
 //! revoked family are listed as revoked too.
 //!
-//! The database is written first: it is the durable record, and auth checks
-//! it on every Bearer request. A Redis failure afterwards is logged, not
-//! answered as an error, because a retry could not succeed anyway (the
-//! token's session is already closed) and the client is logged out.
+//! The database is written first: it is the durable record (auth checks the
+//! session on every Bearer request, and `auth.revoked_access_tokens` holds the
+//! revoked tokens until they expire). Redis, which the gateway reads, comes
+//! second. A Redis failure is logged, not answered as an error: the client is
+//! logged out, and `revocation_sync` puts the tokens in Redis within seconds.
 
 use axum::extract::State;
 use axum::Json;
 use payflow_common::error::{ApiError, ApiResult, FieldError};
 use serde_json::{json, Map, Value};
 
-use super::{push_revocations, VERIFY_LEEWAY_SECS};
+use super::{push_revocations, revocation_ttl};
 use crate::extract::{AuthUser, ClientIp, OptionalJson};
 use crate::state::AppState;
 use crate::store::audit::{self, AuditEvent};
@@ -57,6 +58,7 @@ pub async fn logout(
         }
     }
 
+    sessions::list_revoked(&state.pool, caller.jti, caller.exp).await?;
     let mut live = Vec::new();
     for family in &families {
         live.extend(
@@ -65,15 +67,18 @@ pub async fn logout(
         );
     }
 
-    let now = chrono::Utc::now().timestamp();
-    let own_ttl = u64::try_from(caller.exp.saturating_sub(now).saturating_add(VERIFY_LEEWAY_SECS)).unwrap_or(1);
+    let own_ttl = revocation_ttl(caller.exp, chrono::Utc::now().timestamp()).unwrap_or(1);
     let listed = async {
         state.revocations.revoke(&caller.jti.to_string(), own_ttl).await?;
         push_revocations(&state, &live).await
     }
     .await;
     if let Err(e) = listed {
-        tracing::error!(error = %e, user_id = %caller.user_id, "logout: could not list revoked access tokens in Redis");
+        tracing::error!(
+            error = %e,
+            user_id = %caller.user_id,
+            "logout: could not list revoked access tokens in Redis; the revocation sync will retry"
+        );
     }
 
     audit::record(

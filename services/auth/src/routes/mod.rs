@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::domain::{Email, Role, UserName};
 use crate::state::{AppState, SERVICE_NAME};
-use crate::store::sessions::{self, Issued, LiveAccessToken};
+use crate::store::sessions::{self, Issued, RevokedAccessToken, Ttls};
 use crate::tokens;
 
 mod jwks;
@@ -27,7 +27,8 @@ const VERIFY_LEEWAY_SECS: i64 = 5;
 
 /// All auth routes with the common layers (health, metrics, errors, ids).
 pub fn router(state: AppState) -> Router {
-    let readiness = Readiness { db: Some(state.pool.clone()), redis: Some(state.redis.clone()), keys: None };
+    let readiness =
+        Readiness { db: Some(state.pool.clone()), redis: Some(state.redis.clone()), ..Readiness::default() };
     // One registry for the HTTP metrics and the auth counters.
     let info = ServiceInfo::new(SERVICE_NAME, state.metrics.clone(), readiness);
     let routes = Router::new()
@@ -69,8 +70,13 @@ pub(crate) async fn open_session(
     email: &Email,
     role: Role,
 ) -> Result<TokenPair, ApiError> {
-    let issued = sessions::start_family(&state.pool, user_id, state.config.refresh_token_ttl_secs).await?;
+    let issued = sessions::start_family(&state.pool, user_id, ttls(state)).await?;
     sign_pair(state, user_id, email, role, issued)
+}
+
+/// The token lifetimes configured now.
+pub(crate) fn ttls(state: &AppState) -> Ttls {
+    Ttls { refresh: state.config.refresh_token_ttl_secs, access: state.config.access_token_ttl_secs }
 }
 
 /// Signs the access token that goes with a freshly stored refresh token.
@@ -81,26 +87,38 @@ pub(crate) fn sign_pair(
     role: Role,
     issued: Issued,
 ) -> Result<TokenPair, ApiError> {
-    let ttl = i64::try_from(state.config.access_token_ttl_secs).map_err(ApiError::internal)?;
-    let now = chrono::Utc::now().timestamp();
-    let claims = tokens::access_claims(user_id, email, role, issued.access_jti, &state.config.claims, now, ttl);
+    let claims = tokens::access_claims(
+        user_id,
+        email,
+        role,
+        issued.access_jti,
+        &state.config.claims,
+        issued.access_issued_at,
+        issued.access_expires_at,
+    );
     let access_token = state.signer.sign(&claims).map_err(ApiError::internal)?;
     Ok(TokenPair { access_token, refresh_token: issued.refresh_token.into_string() })
 }
 
 /// Puts access tokens on the shared revocation list (which the gateway reads)
-/// until they would have expired anyway.
-pub(crate) async fn push_revocations(state: &AppState, live: &[LiveAccessToken]) -> redis::RedisResult<()> {
-    let ttl = i64::try_from(state.config.access_token_ttl_secs).unwrap_or(i64::MAX);
+/// until they expire: each for its own remaining lifetime (its `exp`, not the
+/// TTL configured now, which may have been lowered since it was issued).
+/// Failures here are made good by `revocation_sync`, which pushes every
+/// revoked token again every few seconds.
+pub(crate) async fn push_revocations(state: &AppState, revoked: &[RevokedAccessToken]) -> redis::RedisResult<()> {
     let now = chrono::Utc::now().timestamp();
-    for token in live {
-        let remaining = token.issued_at.timestamp().saturating_add(ttl).saturating_sub(now);
-        if remaining + VERIFY_LEEWAY_SECS > 0 {
-            let secs = u64::try_from(remaining + VERIFY_LEEWAY_SECS).unwrap_or(1);
-            state.revocations.revoke(&token.jti.to_string(), secs).await?;
-        }
-    }
-    Ok(())
+    let entries: Vec<(String, u64)> = revoked
+        .iter()
+        .filter_map(|t| revocation_ttl(t.expires_at.timestamp(), now).map(|secs| (t.jti.to_string(), secs)))
+        .collect();
+    state.revocations.revoke_many(&entries).await
+}
+
+/// How long a revocation entry must live for a token expiring at `exp`
+/// (verifiers accept it until `exp` plus their leeway), or `None` when it is
+/// past that already.
+pub(crate) fn revocation_ttl(exp: i64, now: i64) -> Option<u64> {
+    u64::try_from(exp.saturating_sub(now).saturating_add(VERIFY_LEEWAY_SECS)).ok().filter(|s| *s > 0)
 }
 
 /// A store error as an answer: database errors keep their mapping (pool

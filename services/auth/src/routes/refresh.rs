@@ -7,7 +7,7 @@ use payflow_common::extract::ApiJson;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::{push_revocations, sign_pair, store_error};
+use super::{push_revocations, sign_pair, store_error, ttls};
 use crate::domain::field;
 use crate::extract::ClientIp;
 use crate::metrics::RefreshResult;
@@ -35,10 +35,7 @@ pub async fn refresh(
         state.auth_metrics.refresh(RefreshResult::Invalid);
         return Err(ApiError::invalid_token());
     };
-    let cfg = &state.config;
-    let rotation = sessions::rotate(&state.pool, &hash, cfg.refresh_token_ttl_secs, cfg.access_token_ttl_secs)
-        .await
-        .map_err(store_error)?;
+    let rotation = sessions::rotate(&state.pool, &hash, ttls(&state)).await.map_err(store_error)?;
     match rotation {
         Rotation::Rotated { user_id, email, role, issued } => {
             let family_id = issued.family_id;
@@ -59,7 +56,8 @@ pub async fn refresh(
             // session (including its access tokens) stops both.
             tracing::warn!(%user_id, %family_id, "rotated refresh token presented again: session revoked");
             if let Err(e) = push_revocations(&state, &live).await {
-                // auth itself still refuses them (the session check); the gateway may not until they expire.
+                // Auth itself refuses them (the session check), and the revocation
+                // sync puts them in Redis for the gateway within seconds.
                 tracing::error!(error = %e, %family_id, "could not list revoked access tokens in Redis");
             }
             audit::record(
