@@ -42,12 +42,28 @@ pub struct Config {
         value_parser = clap::value_parser!(u64).range(1..=60_000)
     )]
     pub webhook_timeout_ms: u64,
+    /// Most webhook calls under way at once per process (first attempts and retries together).
+    #[arg(
+        long = "webhook-concurrency",
+        env = "PAYFLOW_WEBHOOK_CONCURRENCY",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u16).range(1..=1000)
+    )]
+    pub webhook_concurrency: u16,
     /// SMTP server for e-mail notifications, e.g. smtp://host:25 or smtps://user:pass@host:465 (no e-mail when unset).
     #[arg(long = "smtp-url", env = "PAYFLOW_SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
     /// Sender address of notification e-mails.
     #[arg(long = "smtp-from", env = "PAYFLOW_SMTP_FROM", default_value = "payflow@localhost")]
     pub smtp_from: String,
+    /// Most e-mails (SMTP connections) under way at once per process (first attempts and retries together).
+    #[arg(
+        long = "smtp-concurrency",
+        env = "PAYFLOW_SMTP_CONCURRENCY",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u16).range(1..=100)
+    )]
+    pub smtp_concurrency: u16,
     /// Attempts per notification and channel (webhook, e-mail) before giving up; 1: no retries.
     #[arg(
         long = "notification-delivery-attempts",
@@ -99,8 +115,10 @@ impl std::fmt::Debug for Config {
             .field("webhook_url", &self.webhook_url().map(|_| "***"))
             .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "***"))
             .field("webhook_timeout_ms", &self.webhook_timeout_ms)
+            .field("webhook_concurrency", &self.webhook_concurrency)
             .field("smtp_url", &self.smtp_url().map(|_| "***"))
             .field("smtp_from", &self.smtp_from)
+            .field("smtp_concurrency", &self.smtp_concurrency)
             .field("delivery_attempts", &self.delivery_attempts)
             .field("retry_delay_ms", &self.retry_delay_ms)
             .finish()

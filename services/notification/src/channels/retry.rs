@@ -2,9 +2,17 @@
 //! backoff) and those whose process died before it recorded an outcome
 //! (after their lease). Every notification process runs this loop; claims
 //! skip rows another process holds, so replicas share the work.
+//!
+//! One loop per channel, each claiming only as many deliveries as its channel
+//! has room for (the room first attempts share) and claiming again as soon as
+//! some frees up: a receiver that hangs holds its own channel's retries, never
+//! another channel's.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -19,8 +27,9 @@ pub const LEASE: Duration = Duration::from_secs(DELIVERY_DEADLINE.as_secs() + 30
 /// The longest wait between two attempts.
 pub const MAX_DELAY: Duration = Duration::from_secs(3600);
 
-/// Most deliveries claimed at once.
-const CLAIM_LIMIT: i64 = 50;
+/// Most deliveries claimed at once, and under way at once through a channel
+/// without a bound of its own.
+const CLAIM_LIMIT: usize = 50;
 
 /// How often failed deliveries are tried again, and how many times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,54 +62,100 @@ impl RetryPolicy {
     }
 }
 
-/// Attempts due deliveries until `cancel`. Returns at once when this process
-/// has no queued channel.
+/// Attempts due deliveries until `cancel`, then lets those under way finish;
+/// first attempts that have not started by then are left to their lease.
+/// Returns at once when this process has no queued channel.
 pub async fn run(state: AppState, cancel: CancellationToken) {
-    if state.channels.queued().is_empty() {
-        return;
-    }
+    let loops = state.channels.queued().iter().map(|channel| run_channel(&state, channel, &cancel));
+    futures::future::join_all(loops).await;
+}
+
+/// The retry loop of one channel.
+async fn run_channel(state: &AppState, channel: &'static str, cancel: &CancellationToken) {
     let poll = state.retry.poll();
+    let room = state.channels.in_flight(channel).unwrap_or_else(|| Arc::new(Semaphore::new(CLAIM_LIMIT)));
+    let names = [channel];
+    let queue = store::Queue { channels: &names, prefix: &state.prefix, lease: LEASE };
+    let mut running = JoinSet::new();
     loop {
-        let claimed = match store::claim_due(&state.pool, &state.queue(), CLAIM_LIMIT).await {
+        while let Some(done) = running.try_join_next() {
+            log_panic(done);
+        }
+        // Room first, then no more claims than can start now: a claimed row's
+        // lease runs from the claim, so its attempt must not queue for a permit.
+        let first = tokio::select! {
+            permit = room.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = cancel.cancelled() => break,
+        };
+        let mut permits = vec![first];
+        while permits.len() < CLAIM_LIMIT {
+            match room.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        let claimed = match store::claim_due(&state.pool, &queue, permits.len() as i64).await {
             Ok(due) => due,
             Err(e) => {
-                tracing::warn!(error = %e, "could not look for due notification deliveries");
+                tracing::warn!(error = %e, channel, "could not look for due notification deliveries");
                 Vec::new()
             }
         };
-        let more = claimed.len() as i64 == CLAIM_LIMIT;
-        let jobs: Vec<Job> = claimed
-            .iter()
-            .filter_map(|due| {
-                let channel = state.channels.get(&due.channel)?;
-                let span = tracing::info_span!(
-                    "delivery retry",
-                    correlation_id = %due.correlation_id,
-                    notification_id = %due.notification.id,
-                    channel = channel.name(),
-                    attempt = due.attempts + 1,
-                );
-                Some(Job {
-                    notification: &due.notification,
-                    channel,
-                    correlation_id: &due.correlation_id,
-                    span,
-                    made: due.attempts,
-                })
-            })
-            .collect();
-        if !jobs.is_empty() {
-            attempt(&state, jobs).await;
-        }
-        if cancel.is_cancelled() {
-            return;
+        let more = claimed.len() == permits.len();
+        permits.truncate(claimed.len());
+        if !claimed.is_empty() {
+            // Not awaited here: the next claim goes out as soon as a permit frees up.
+            running.spawn(attempt_claimed(state.clone(), claimed, permits));
         }
         if !more {
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => break,
             }
         }
+    }
+    // First attempts still waiting for room start no more (their rows wait out
+    // their lease), so stopping takes one delivery at most; attempts under way
+    // finish and are recorded: cut short, they would wait out their lease too.
+    room.close();
+    while let Some(done) = running.join_next().await {
+        log_panic(done);
+    }
+}
+
+/// Attempts claimed deliveries, each with the permit taken for it, and records them together.
+async fn attempt_claimed(state: AppState, claimed: Vec<store::Due>, permits: Vec<OwnedSemaphorePermit>) {
+    let jobs: Vec<Job> = claimed
+        .iter()
+        .zip(permits)
+        .filter_map(|(due, permit)| {
+            let channel = state.channels.get(&due.channel)?;
+            let span = tracing::info_span!(
+                "delivery retry",
+                correlation_id = %due.correlation_id,
+                notification_id = %due.notification.id,
+                channel = channel.channel.name(),
+                attempt = due.attempts + 1,
+            );
+            Some(Job {
+                notification: &due.notification,
+                channel,
+                correlation_id: &due.correlation_id,
+                span,
+                made: due.attempts,
+                permit: Some(permit),
+            })
+        })
+        .collect();
+    attempt(&state, jobs).await;
+}
+
+fn log_panic(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(error = %e, "notification delivery retry task failed");
     }
 }
 

@@ -4,6 +4,9 @@
 //! channel asks an [`EmailDirectory`]. The one provided reads `auth.users`
 //! read-only in the shared database: the smallest coupling that works today.
 //! An internal auth endpoint would replace it without touching the channel.
+//!
+//! A stored address that is not one is final for that notification (it is
+//! given up at once, see [`Permanent`]); the server's errors are retried.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +18,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use payflow_common::ids::UserId;
 use sqlx::PgPool;
 
-use super::{DeliveryChannel, Sent};
+use super::{DeliveryChannel, Permanent, Sent};
 use crate::events::NotificationType;
 use crate::store::Notification;
 
@@ -53,6 +56,7 @@ pub struct SmtpChannel {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     directory: Arc<dyn EmailDirectory>,
+    concurrency: usize,
 }
 
 impl SmtpChannel {
@@ -61,14 +65,15 @@ impl SmtpChannel {
     ///
     /// One connection per e-mail: lettre's pool (feature `pool`, off) spawns
     /// tasks when built and dropped, which aborts when the state is dropped
-    /// outside a runtime; notification volumes do not need it.
-    pub fn new(url: &str, from: &str, directory: Arc<dyn EmailDirectory>) -> anyhow::Result<Self> {
+    /// outside a runtime; notification volumes do not need it. `concurrency`
+    /// bounds the e-mails (so connections) under way at once in this process.
+    pub fn new(url: &str, from: &str, directory: Arc<dyn EmailDirectory>, concurrency: usize) -> anyhow::Result<Self> {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
             .map_err(|e| anyhow::anyhow!("PAYFLOW_SMTP_URL is not usable: {e}"))?
             .timeout(Some(SMTP_TIMEOUT))
             .build();
         let from: Mailbox = from.parse().map_err(|e| anyhow::anyhow!("PAYFLOW_SMTP_FROM is not an address: {e}"))?;
-        Ok(Self { transport, from, directory })
+        Ok(Self { transport, from, directory, concurrency })
     }
 }
 
@@ -107,11 +112,17 @@ impl DeliveryChannel for SmtpChannel {
         "smtp"
     }
 
+    fn concurrency(&self) -> Option<usize> {
+        Some(self.concurrency)
+    }
+
     async fn deliver(&self, n: &Notification, correlation_id: &str) -> anyhow::Result<Sent> {
         let Some(address) = self.directory.email_of(n.user_id).await? else {
             return Ok(Sent::Skipped("no e-mail address known for the user".into()));
         };
-        let to: Mailbox = address.parse().map_err(|e| anyhow::anyhow!("stored address is not usable: {e}"))?;
+        // The same stored address every time: retrying cannot help.
+        let to: Mailbox =
+            address.parse().map_err(|e| Permanent(format!("stored address is not usable: {e}; not retried")))?;
         let email = build_email(&self.from, to, n, correlation_id)?;
         self.transport.send(email).await?;
         Ok(Sent::Delivered)
@@ -166,9 +177,10 @@ mod tests {
             }
         }
         let dir: Arc<dyn EmailDirectory> = Arc::new(Nobody);
-        assert!(SmtpChannel::new("smtp://127.0.0.1:25", "payflow@localhost", dir.clone()).is_ok());
-        assert!(SmtpChannel::new("smtp://127.0.0.1:25", "not an address", dir.clone()).is_err());
-        assert!(SmtpChannel::new("http://x", "payflow@localhost", dir).is_err());
+        let ok = SmtpChannel::new("smtp://127.0.0.1:25", "payflow@localhost", dir.clone(), 3).unwrap();
+        assert_eq!(ok.concurrency(), Some(3));
+        assert!(SmtpChannel::new("smtp://127.0.0.1:25", "not an address", dir.clone(), 3).is_err());
+        assert!(SmtpChannel::new("http://x", "payflow@localhost", dir, 3).is_err());
     }
 
     #[tokio::test]
@@ -180,7 +192,7 @@ mod tests {
                 Ok(None)
             }
         }
-        let ch = SmtpChannel::new("smtp://127.0.0.1:1", "payflow@localhost", Arc::new(Nobody)).unwrap();
+        let ch = SmtpChannel::new("smtp://127.0.0.1:1", "payflow@localhost", Arc::new(Nobody), 1).unwrap();
         assert!(matches!(ch.deliver(&notification(), "c").await.unwrap(), Sent::Skipped(_)));
     }
 }

@@ -6,6 +6,10 @@
 //! where `<hex>` is HMAC-SHA256 over `"<t>.<raw body>"` with the shared secret.
 //! Receivers recompute it over the raw body, compare in constant time and
 //! refuse timestamps outside a small window.
+//!
+//! A 2xx answer delivers. A 4xx other than 408 and 429 refuses this
+//! notification for good (another attempt would send the same request and get
+//! the same answer), so it is given up at once; anything else is retried.
 
 use std::time::Duration;
 
@@ -13,7 +17,7 @@ use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{DeliveryChannel, Sent};
+use super::{DeliveryChannel, Permanent, Sent};
 use crate::store::Notification;
 
 pub const SIGNATURE_HEADER: &str = "x-payflow-signature";
@@ -27,10 +31,12 @@ pub struct WebhookChannel {
     client: reqwest::Client,
     url: reqwest::Url,
     secret: Vec<u8>,
+    concurrency: usize,
 }
 
 impl WebhookChannel {
-    pub fn new(url: &str, secret: &str, timeout: Duration) -> anyhow::Result<Self> {
+    /// `concurrency`: most calls under way at once in this process.
+    pub fn new(url: &str, secret: &str, timeout: Duration, concurrency: usize) -> anyhow::Result<Self> {
         let url: reqwest::Url = url.parse().map_err(|e| anyhow::anyhow!("PAYFLOW_WEBHOOK_URL is not a URL: {e}"))?;
         anyhow::ensure!(matches!(url.scheme(), "http" | "https"), "PAYFLOW_WEBHOOK_URL must be http or https");
         anyhow::ensure!(
@@ -44,8 +50,15 @@ impl WebhookChannel {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("payflow-notification/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { client, url, secret: secret.as_bytes().to_vec() })
+        Ok(Self { client, url, secret: secret.as_bytes().to_vec(), concurrency })
     }
+}
+
+/// Whether an answer refuses the notification for good: a client error,
+/// except 408 (Request Timeout) and 429 (Too Many Requests), which ask to try later.
+pub fn refuses_for_good(status: reqwest::StatusCode) -> bool {
+    use reqwest::StatusCode;
+    status.is_client_error() && !matches!(status, StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS)
 }
 
 /// The `X-PayFlow-Signature` value for `body` sent at `timestamp`.
@@ -92,6 +105,10 @@ impl DeliveryChannel for WebhookChannel {
         "webhook"
     }
 
+    fn concurrency(&self) -> Option<usize> {
+        Some(self.concurrency)
+    }
+
     async fn deliver(&self, n: &Notification, correlation_id: &str) -> anyhow::Result<Sent> {
         let body = serde_json::to_vec(&n.to_json())?;
         let signature = sign(&self.secret, chrono::Utc::now().timestamp(), &body)?;
@@ -107,8 +124,13 @@ impl DeliveryChannel for WebhookChannel {
             // The URL may carry a token; keep it out of errors and logs.
             .map_err(|e| anyhow::anyhow!("{}", e.without_url()))?;
         let status = res.status();
-        anyhow::ensure!(status.is_success(), "receiver answered HTTP {status}");
-        Ok(Sent::Delivered)
+        if status.is_success() {
+            return Ok(Sent::Delivered);
+        }
+        if refuses_for_good(status) {
+            return Err(Permanent(format!("receiver answered HTTP {status}; not retried")).into());
+        }
+        anyhow::bail!("receiver answered HTTP {status}")
     }
 }
 
@@ -147,9 +169,21 @@ mod tests {
     #[test]
     fn configuration_is_checked() {
         let t = Duration::from_secs(1);
-        assert!(WebhookChannel::new("http://127.0.0.1:1/hook", "short", t).is_err());
-        assert!(WebhookChannel::new("ftp://x/hook", "0123456789abcdef", t).is_err());
-        assert!(WebhookChannel::new("not a url", "0123456789abcdef", t).is_err());
-        assert!(WebhookChannel::new("https://example.com/hook", "0123456789abcdef", t).is_ok());
+        assert!(WebhookChannel::new("http://127.0.0.1:1/hook", "short", t, 4).is_err());
+        assert!(WebhookChannel::new("ftp://x/hook", "0123456789abcdef", t, 4).is_err());
+        assert!(WebhookChannel::new("not a url", "0123456789abcdef", t, 4).is_err());
+        let ok = WebhookChannel::new("https://example.com/hook", "0123456789abcdef", t, 4).unwrap();
+        assert_eq!(ok.concurrency(), Some(4));
+    }
+
+    #[test]
+    fn only_client_errors_that_do_not_ask_to_wait_are_final() {
+        use reqwest::StatusCode;
+        for code in [400, 401, 403, 404, 410, 413, 422] {
+            assert!(refuses_for_good(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+        for code in [200, 301, 408, 429, 500, 502, 503, 504] {
+            assert!(!refuses_for_good(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
     }
 }
