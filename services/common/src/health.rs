@@ -12,6 +12,10 @@ use serde_json::json;
 
 use crate::metrics::{self, Metrics};
 
+/// A check of the process's own state, answered at once without I/O: e.g. whether RabbitMQ
+/// accepted the topology this process declares.
+pub type StateCheck = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// The dependencies a service needs before it can serve.
 #[derive(Clone, Default)]
 pub struct Readiness {
@@ -20,6 +24,7 @@ pub struct Readiness {
     /// For services that verify access tokens: not ready before auth's keys
     /// are loaded, or every request would be a 503.
     pub keys: Option<crate::jwt::JwtVerifier>,
+    pub state: Option<StateCheck>,
 }
 
 impl Readiness {
@@ -34,8 +39,17 @@ impl Readiness {
         self
     }
 
+    /// Also ready only while `check` passes.
+    pub fn with_state_check(mut self, check: impl Fn() -> Result<(), String> + Send + Sync + 'static) -> Self {
+        self.state = Some(std::sync::Arc::new(check));
+        self
+    }
+
     /// Checks each dependency with a short deadline.
     pub async fn check(&self) -> Result<(), String> {
+        if let Some(state) = &self.state {
+            state()?;
+        }
         let deadline = Duration::from_secs(2);
         if let Some(db) = &self.db {
             match tokio::time::timeout(deadline, sqlx::query("SELECT 1").execute(db)).await {

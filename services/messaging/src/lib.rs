@@ -1,11 +1,13 @@
 //! RabbitMQ for PayFlow.
 //!
-//! - [`Topology`]: every exchange and queue, durable, declared idempotently at start.
+//! - [`Topology`]: every exchange and queue, durable, declared idempotently at start;
+//!   [`declared`] says whether the broker refused that (for readiness).
 //! - [`Publisher`]: persistent messages on a confirm-mode channel; a publish
 //!   only counts once the broker acked it.
 //! - [`Message`]: what every message carries (id, type, timestamp, correlation id).
 
 pub mod config;
+pub mod declared;
 pub mod message;
 pub mod publisher;
 pub mod topology;
@@ -13,7 +15,7 @@ pub mod topology;
 pub use config::AmqpArgs;
 pub use message::{Incoming, Message, Poison};
 pub use publisher::Publisher;
-pub use topology::Topology;
+pub use topology::{DeclareError, Topology};
 
 use std::time::Duration;
 

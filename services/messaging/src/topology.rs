@@ -4,6 +4,7 @@
 //! wait there for their TTL, then go back to work) and a dead-letter queue.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::protocol::AMQPErrorKind;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
@@ -12,6 +13,10 @@ pub const SETTLE: &str = "transaction.settle";
 /// Routing keys of events.
 pub const COMPLETED: &str = "transaction.completed";
 pub const FAILED: &str = "transaction.failed";
+/// What binds the notification queue to the events exchange: every transaction
+/// event, including types this release does not know (the consumer acks and
+/// counts those, see `payflow_notification::consumer`).
+pub const EVENTS: &str = "transaction.*";
 
 /// Delay before a retried message is delivered again.
 pub const RETRY_DELAY_MS: u32 = 2_000;
@@ -57,31 +62,65 @@ impl Topology {
     }
 
     /// Declares everything; safe to call from every process at every start.
-    pub async fn declare(&self, ch: &Channel) -> lapin::Result<()> {
+    /// The outcome is recorded for readiness ([`crate::declared::failure`]); a
+    /// refusal is logged at error, naming what was refused and why (for an
+    /// existing queue with other arguments, the broker's text names the
+    /// argument, the value asked for and the value the queue has).
+    pub async fn declare(&self, ch: &Channel) -> Result<(), DeclareError> {
+        let result = self.declare_all(ch).await;
+        match &result {
+            Ok(()) => crate::declared::declared(&self.prefix),
+            Err(e) if e.refused() => crate::declared::refused(&self.prefix, &e.to_string()),
+            // The connection went away mid-way: says nothing about the topology.
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn declare_all(&self, ch: &Channel) -> Result<(), DeclareError> {
         let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        ch.exchange_declare(&self.work_exchange(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
-        ch.exchange_declare(&self.events_exchange(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
-        ch.exchange_declare(&self.dead_letter_exchange(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
+        for (name, kind) in [
+            (self.work_exchange(), ExchangeKind::Direct),
+            (self.events_exchange(), ExchangeKind::Topic),
+            (self.dead_letter_exchange(), ExchangeKind::Direct),
+        ] {
+            ch.exchange_declare(&name, kind, durable, FieldTable::default())
+                .await
+                .map_err(|e| DeclareError::new(format!("exchange '{name}'"), e))?;
+        }
         self.declare_work_queue(ch, &self.transactions_queue(), &self.work_exchange(), &[SETTLE]).await?;
-        self.declare_work_queue(ch, &self.notifications_queue(), &self.events_exchange(), &["transaction.*"]).await?;
+        self.declare_work_queue(ch, &self.notifications_queue(), &self.events_exchange(), &[EVENTS]).await?;
         Ok(())
     }
 
     /// A quorum queue bound to `exchange`, its dead-letter queue and its retry queue.
-    async fn declare_work_queue(&self, ch: &Channel, queue: &str, exchange: &str, keys: &[&str]) -> lapin::Result<()> {
+    async fn declare_work_queue(
+        &self,
+        ch: &Channel,
+        queue: &str,
+        exchange: &str,
+        keys: &[&str],
+    ) -> Result<(), DeclareError> {
         let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        let declare_queue = |name: String, args: FieldTable| async move {
+            ch.queue_declare(&name, durable, args).await.map_err(|e| DeclareError::new(format!("queue '{name}'"), e))
+        };
+        let bind = |name: String, exchange: String, key: String| async move {
+            ch.queue_bind(&name, &exchange, &key, QueueBindOptions::default(), FieldTable::default())
+                .await
+                .map_err(|e| DeclareError::new(format!("binding of queue '{name}' to '{exchange}' ({key})"), e))
+        };
         let dlq = self.dead_letter_queue(queue);
-        ch.queue_declare(&dlq, durable, quorum()).await?;
-        ch.queue_bind(&dlq, &self.dead_letter_exchange(), queue, QueueBindOptions::default(), FieldTable::default())
-            .await?;
+        declare_queue(dlq.clone(), quorum()).await?;
+        bind(dlq, self.dead_letter_exchange(), queue.to_string()).await?;
 
         let mut args = quorum();
         args.insert("x-delivery-limit".into(), AMQPValue::LongInt(self.delivery_limit as i32));
         args.insert("x-dead-letter-exchange".into(), string(&self.dead_letter_exchange()));
         args.insert("x-dead-letter-routing-key".into(), string(queue));
-        ch.queue_declare(queue, durable, args).await?;
+        declare_queue(queue.to_string(), args).await?;
         for key in keys {
-            ch.queue_bind(queue, exchange, key, QueueBindOptions::default(), FieldTable::default()).await?;
+            bind(queue.to_string(), exchange.to_string(), key.to_string()).await?;
         }
 
         // Messages published here (default exchange, routing key = queue name)
@@ -90,8 +129,31 @@ impl Topology {
         retry.insert("x-message-ttl".into(), AMQPValue::LongInt(RETRY_DELAY_MS as i32));
         retry.insert("x-dead-letter-exchange".into(), string(""));
         retry.insert("x-dead-letter-routing-key".into(), string(queue));
-        ch.queue_declare(&self.retry_queue(queue), durable, retry).await?;
+        declare_queue(self.retry_queue(queue), retry).await?;
         Ok(())
+    }
+}
+
+/// A declaration that failed: what was being declared, and the broker's answer
+/// (in the message itself, not as a source, so `{:#}` does not say it twice).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot declare {object}: {error}")]
+pub struct DeclareError {
+    /// E.g. `queue 'payflow.notifications'`.
+    pub object: String,
+    pub error: lapin::Error,
+}
+
+impl DeclareError {
+    fn new(object: String, error: lapin::Error) -> Self {
+        Self { object, error }
+    }
+
+    /// The broker refused it (a channel error such as `PRECONDITION_FAILED`),
+    /// rather than the connection failing: trying again will not help until
+    /// someone changes the broker or the configuration.
+    pub fn refused(&self) -> bool {
+        matches!(&self.error, lapin::Error::ProtocolError(e) if matches!(e.kind(), AMQPErrorKind::Soft(_)))
     }
 }
 

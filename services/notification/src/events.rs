@@ -70,6 +70,11 @@ pub struct TransactionEvent {
     /// Informational only, so an event without it is still usable.
     #[serde(default)]
     pub occurred_at: Option<DateTime<Utc>>,
+    /// The correlation id of the request that made this transfer. A message of
+    /// many events carries the first one's in its AMQP header; older producers
+    /// do not write this field, and the header stands in.
+    #[serde(default)]
+    pub correlation_id: Option<String>,
 }
 
 /// A message's body: one event, or `{"events":[...]}`, the events of one kind
@@ -165,6 +170,11 @@ impl TransactionEvent {
         if self.status != expected {
             return Err(InvalidEvent(format!("event type {} carries status {}", kind.as_str(), self.status.as_str())));
         }
+        // Refused here rather than by Postgres, whose error would fail the
+        // statement of a whole batch of events.
+        if let Some(at) = self.occurred_at.filter(|at| !storable(*at)) {
+            return Err(InvalidEvent(format!("occurredAt {at} is outside the range a timestamp can hold")));
+        }
         // Re-rendered from minor units, so the text users read is always
         // canonical, and anything that is not an amount is refused.
         let minor =
@@ -193,6 +203,15 @@ impl TransactionEvent {
             }
         })
     }
+}
+
+/// Whether Postgres can store `at` in a `timestamptz`: 4713 BC to 294276 AD
+/// (chrono parses years from -262143, which Postgres refuses).
+fn storable(at: DateTime<Utc>) -> bool {
+    use chrono::Datelike;
+    // 4713 BC is astronomical year -4712, and Postgres starts late in it; the
+    // whole first and last years are refused rather than tested to the day.
+    (-4711..=294_275).contains(&at.year())
 }
 
 /// Control characters out, whitespace trimmed, length capped.
@@ -270,6 +289,20 @@ mod tests {
         assert!(serde_json::from_str::<TransactionEvent>(&COMPLETED.replace("\"USD\"", "\"dollars\"")).is_err());
         assert!(serde_json::from_str::<TransactionEvent>(&COMPLETED.replace("\"COMPLETED\"", "\"PENDING\"")).is_err());
         assert!(serde_json::from_str::<TransactionEvent>(r#"{"transactionId":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn timestamps_postgres_cannot_hold_are_refused() {
+        let at = |t: &str| event(&COMPLETED.replace("2026-11-21T08:00:00.000Z", t));
+        assert!(at("-4711-01-01T00:00:00Z").notifications(EventKind::Completed).is_ok());
+        assert!(at("+262142-06-01T00:00:00Z").notifications(EventKind::Completed).is_ok());
+        for t in ["-4712-01-01T00:00:00Z", "-200000-01-01T00:00:00Z"] {
+            // chrono reads them all; Postgres would refuse them.
+            let e = at(t);
+            assert!(e.occurred_at.is_some(), "{t}");
+            let err = e.notifications(EventKind::Completed).expect_err(t);
+            assert!(err.0.contains("occurredAt"), "{err}");
+        }
     }
 
     #[test]

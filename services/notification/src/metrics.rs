@@ -13,8 +13,13 @@ pub enum Outcome {
     Duplicate,
     /// Unusable: rejected to the dead-letter queue.
     Poison,
-    /// Database trouble: nacked for redelivery.
+    /// Could not be stored yet (database trouble): sent to the retry queue.
+    Retried,
+    /// Could not be stored, and the retry queue refused it too: nacked for
+    /// redelivery (which spends the delivery limit).
     Error,
+    /// An event type this release does not know: acked and left alone.
+    Ignored,
 }
 
 impl Outcome {
@@ -23,7 +28,9 @@ impl Outcome {
             Outcome::Stored => "stored",
             Outcome::Duplicate => "duplicate",
             Outcome::Poison => "poison",
+            Outcome::Retried => "retried",
             Outcome::Error => "error",
+            Outcome::Ignored => "ignored",
         }
     }
 }
@@ -75,7 +82,7 @@ impl Counters {
             messages: IntCounterVec::new(
                 Opts::new(
                     "payflow_notification_messages_total",
-                    "Consumed event messages by outcome (stored, duplicate, poison, error)",
+                    "Consumed event messages by outcome (stored, duplicate, poison, retried, error, ignored)",
                 ),
                 &["outcome"],
             )?,

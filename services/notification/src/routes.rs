@@ -19,7 +19,11 @@ pub fn router(state: AppState) -> Router {
     let info = ServiceInfo::new(
         crate::SERVICE_NAME,
         state.metrics.clone(),
-        Readiness::postgres(state.pool.clone()).with_keys(state.verifier.clone()),
+        // Not ready while RabbitMQ refuses the consumer's topology (a queue exists with other
+        // arguments): the consumer cannot take a single event then.
+        Readiness::postgres(state.pool.clone())
+            .with_keys(state.verifier.clone())
+            .with_state_check(payflow_messaging::declared::readiness_check(&state.prefix)),
     );
     let api = Router::new()
         .route("/api/notifications/{user_id}", get(list))

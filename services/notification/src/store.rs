@@ -1,5 +1,6 @@
 //! Postgres access for the `notify` schema.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -139,6 +140,18 @@ pub async fn record_events(
     events: &[EventToStore<'_>],
     queue: &Queue<'_>,
 ) -> sqlx::Result<Vec<Recorded>> {
+    record_events_correlated(pool, events, &HashMap::new(), queue).await
+}
+
+/// [`record_events`] for messages whose events carry correlation ids of their own (a message of
+/// many events names only its first transfer's): `correlations` maps such an event's id to its
+/// id, which its queued deliveries keep; the other events' use their message's.
+pub async fn record_events_correlated(
+    pool: &PgPool,
+    events: &[EventToStore<'_>],
+    correlations: &HashMap<Uuid, String>,
+    queue: &Queue<'_>,
+) -> sqlx::Result<Vec<Recorded>> {
     let mut seen = std::collections::HashSet::new();
     let first: Vec<bool> = events.iter().map(|e| seen.insert(e.message_id)).collect();
     let unique = || events.iter().zip(&first).filter(|(_, f)| **f).map(|(e, _)| e);
@@ -158,7 +171,11 @@ pub async fn record_events(
         .bind(notes().map(|(e, ..)| e.message_id).collect::<Vec<_>>());
     let rows = if queued {
         query
-            .bind(notes().map(|(e, ..)| e.correlation_id).collect::<Vec<_>>())
+            .bind(
+                notes()
+                    .map(|(e, event, _)| correlations.get(&event).map_or(e.correlation_id, String::as_str))
+                    .collect::<Vec<_>>(),
+            )
             .bind(queue.channels)
             .bind(queue.lease.as_secs_f64())
             .bind(queue.prefix)

@@ -85,7 +85,9 @@ impl Transaction {
         v
     }
 
-    /// The body of a `transaction.completed` / `transaction.failed` event.
+    /// The body of a `transaction.completed` / `transaction.failed` event. It
+    /// carries the transfer's correlation id: a message of many events has
+    /// only one in its AMQP header (the first transfer's).
     pub fn event_json(&self) -> Value {
         json!({
             "transactionId": self.id,
@@ -96,6 +98,34 @@ impl Transaction {
             "status": self.status,
             "reason": self.error_message,
             "occurredAt": rfc3339(self.completed_at.unwrap_or(self.created_at)),
+            "correlationId": self.correlation_id,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_event_names_its_own_correlation_id() {
+        let t = |correlation_id: &str| Transaction {
+            id: Uuid::now_v7(),
+            from_user_id: Uuid::now_v7(),
+            to_user_id: Uuid::now_v7(),
+            amount: 150,
+            currency: "USD".into(),
+            description: None,
+            status: Status::Completed,
+            error_message: None,
+            correlation_id: Some(correlation_id.into()),
+            created_at: Utc::now(),
+            processing_started_at: None,
+            completed_at: Some(Utc::now()),
+        };
+        assert_eq!(t("req-1").event_json()["correlationId"], "req-1");
+        assert_eq!(t("req-2").event_json()["correlationId"], "req-2");
+        let older = Transaction { correlation_id: None, ..t("x") };
+        assert!(older.event_json()["correlationId"].is_null());
     }
 }

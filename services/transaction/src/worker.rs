@@ -111,7 +111,10 @@ struct Worker {
 pub async fn run(cfg: WorkerConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     let pool = payflow_common::db::connect(&cfg.db, "worker").await?;
     let metrics = Metrics::new("worker");
-    let info = ServiceInfo::new("worker", metrics.clone(), Readiness::postgres(pool.clone()));
+    // Not ready while RabbitMQ refuses its topology: it cannot take a single settle message then.
+    let readiness = Readiness::postgres(pool.clone())
+        .with_state_check(payflow_messaging::declared::readiness_check(cfg.amqp.topology().prefix()));
+    let info = ServiceInfo::new("worker", metrics.clone(), readiness);
     let listener = server::bind(cfg.listen.addr(cfg.port)).await?;
     let http =
         tokio::spawn(server::serve(listener, server::with_common_layers(axum::Router::new(), &info), cancel.clone()));

@@ -1,5 +1,6 @@
 //! Events in, notifications stored: once per event and recipient, poison to
-//! the dead-letter queue.
+//! the dead-letter queue, event types of a newer release ignored. (Database
+//! trouble: `outages` and `refusals`.)
 
 use std::collections::HashSet;
 
@@ -198,6 +199,7 @@ async fn poison_messages_are_dead_lettered_and_consuming_goes_on() {
         &serde_json::to_vec(&good(Uuid::new_v4())).unwrap(),
     )
     .await;
+    // A type of a newer producer: not poison, acked and counted.
     let unknown_type = Uuid::new_v4();
     h.publish(unknown_type, "transaction.exploded", &good(Uuid::new_v4())).await;
     let mismatch = Uuid::new_v4();
@@ -209,18 +211,18 @@ async fn poison_messages_are_dead_lettered_and_consuming_goes_on() {
     let tx = Uuid::new_v4();
     h.publish(Uuid::new_v4(), COMPLETED, &good(tx)).await;
     h.wait_for_outcome(Outcome::Stored, 1).await;
-    h.wait_for_outcome(Outcome::Poison, 5).await;
+    h.wait_for_outcome(Outcome::Poison, 4).await;
+    h.wait_for_outcome(Outcome::Ignored, 1).await;
     let list = h.wait_for_notifications(alice, 1).await;
     assert_eq!(list[0]["transaction_id"], tx.to_string());
 
-    let dead = h.dead_letters(5).await;
-    // Nothing beyond the five.
+    let dead = h.dead_letters(4).await;
+    // Nothing beyond the four.
     assert!(h.take_dead_letter().await.is_none());
-    assert_eq!(dead.len(), 5);
+    assert_eq!(dead.len(), 4);
     let ids: HashSet<String> =
         dead.iter().filter_map(|m| m.delivery.properties.message_id().as_ref().map(|s| s.to_string())).collect();
-    let expected: HashSet<String> =
-        [bad_json, unknown_type, mismatch, bad_amount].iter().map(Uuid::to_string).collect();
+    let expected: HashSet<String> = [bad_json, mismatch, bad_amount].iter().map(Uuid::to_string).collect();
     assert_eq!(ids, expected, "plus the one without an id");
     let bodies: Vec<&[u8]> = dead.iter().map(|m| m.delivery.data.as_slice()).collect();
     assert!(bodies.contains(&b"{not json".as_slice()));
@@ -306,32 +308,6 @@ async fn the_consumer_reconnects_after_losing_the_broker() {
         (after.len() == 1 && after != before).then_some(())
     })
     .await;
-    h.stop().await;
-}
-
-#[tokio::test]
-async fn database_errors_return_the_message_until_the_delivery_limit() {
-    // Every session of the service's pool is read-only, so storing fails with
-    // a permanent database error (25006) on each delivery.
-    let read_only = format!("{}?options=-c%20default_transaction_read_only%3Don", crate::harness::database_url());
-    let h = Harness::start_with(&[("database-url", read_only), ("amqp-delivery-limit", "2".to_string())]).await;
-    let (alice, bob) = (UserId::new(), UserId::new());
-    let id = Uuid::new_v4();
-    h.publish(id, COMPLETED, &event(Uuid::new_v4(), alice, bob, "4.00", "COMPLETED", None)).await;
-
-    // Nacked with requeue each time, then dead-lettered by the broker: no endless loop.
-    let dead = h.dead_letters(1).await.remove(0);
-    assert_eq!(dead.delivery.properties.message_id().as_ref().map(|s| s.to_string()), Some(id.to_string()));
-    let reason =
-        dead.delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-first-death-reason").cloned());
-    assert!(
-        matches!(&reason, Some(lapin::types::AMQPValue::LongString(s)) if s.to_string() == "delivery_limit"),
-        "{reason:?}"
-    );
-    let errors = h.state.counters.messages_with(Outcome::Error);
-    assert!(errors >= 2, "{errors} attempts");
-    assert_eq!(h.state.counters.messages_with(Outcome::Stored), 0);
-    assert!(h.notifications_of(alice).await.is_empty());
     h.stop().await;
 }
 

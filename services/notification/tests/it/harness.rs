@@ -16,6 +16,7 @@ use payflow_common::config::JwtClaimArgs;
 use payflow_common::ids::UserId;
 use payflow_common::jwt::{AccessClaims, JwtSigner, ACCESS_TYP};
 use payflow_messaging::{Message, Publisher, Topology};
+use payflow_notification::consumer::Patience;
 use payflow_notification::{AppState, Config};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -92,6 +93,21 @@ pub struct Harness {
     signer: JwtSigner,
     cancel: CancellationToken,
     consumer: Option<JoinHandle<anyhow::Result<()>>>,
+    cfg: Config,
+    patience: Patience,
+}
+
+/// What a test changes about its service.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// Extra `--name=value` settings (e.g. the webhook).
+    pub flags: &'a [(&'a str, String)],
+    /// The service's pool (default: one on the configured database URL).
+    pub pool: Option<PgPool>,
+    /// How long the consumer retries the database in place (default: the service's).
+    pub patience: Option<Patience>,
+    /// Start without the consumer; [`Harness::start_consumer`] starts it.
+    pub no_consumer: bool,
 }
 
 impl Harness {
@@ -101,9 +117,13 @@ impl Harness {
 
     /// `flags` are extra `--name=value` settings (e.g. the webhook).
     pub async fn start_with(flags: &[(&str, String)]) -> Self {
+        Self::start_opts(Options { flags, ..Default::default() }).await
+    }
+
+    pub async fn start_opts(o: Options<'_>) -> Self {
         payflow_common::telemetry::init();
         let prefix = format!("test-{}", Uuid::new_v4().simple());
-        let cfg = config(&prefix, flags);
+        let cfg = config(&prefix, o.flags);
         // Migrations and the test's own queries use the plain URL; the
         // service uses whatever the flags say (a test may break it on purpose).
         let pool = sqlx::postgres::PgPoolOptions::new()
@@ -112,8 +132,10 @@ impl Harness {
             .await
             .expect("connect to the test database");
         payflow_notification::migrate(&pool).await.expect("notify migrations");
-        let service_pool =
-            payflow_common::db::connect(&cfg.db, "notification").await.expect("connect to the test database");
+        let service_pool = match o.pool {
+            Some(pool) => pool,
+            None => payflow_common::db::connect(&cfg.db, "notification").await.expect("connect to the test database"),
+        };
         let signer = JwtSigner::generate().expect("key");
         let state = AppState::with_parts(&cfg, service_pool, signer.verifier(&JwtClaimArgs::default())).expect("state");
 
@@ -130,11 +152,7 @@ impl Harness {
         let router = payflow_notification::router(state.clone());
         tokio::spawn(payflow_common::server::serve(listener, router, cancel.clone()));
         tokio::spawn(payflow_notification::channels::retry::run(state.clone(), cancel.clone()));
-        let consumer = {
-            let (state, cfg, cancel) = (state.clone(), cfg.clone(), cancel.clone());
-            tokio::spawn(async move { payflow_notification::consume(state, &cfg, cancel).await })
-        };
-        Self {
+        let mut h = Self {
             state,
             pool,
             base,
@@ -144,8 +162,23 @@ impl Harness {
             amqp,
             signer,
             cancel,
-            consumer: Some(consumer),
+            consumer: None,
+            cfg,
+            patience: o.patience.unwrap_or_default(),
+        };
+        if !o.no_consumer {
+            h.start_consumer();
         }
+        h
+    }
+
+    /// Starts the event consumer (once).
+    pub fn start_consumer(&mut self) {
+        assert!(self.consumer.is_none(), "the consumer runs already");
+        let (state, cfg, cancel, patience) = (self.state.clone(), self.cfg.clone(), self.cancel.clone(), self.patience);
+        self.consumer = Some(tokio::spawn(async move {
+            payflow_notification::consumer::consume_with(state, &cfg, patience, cancel).await
+        }));
     }
 
     pub fn token(&self, user: UserId) -> String {

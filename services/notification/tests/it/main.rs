@@ -4,8 +4,13 @@
 //! and `eval "$(PAYFLOW_STACK_RABBITMQ=1 bash scripts/stack.sh env test)"`.
 
 mod harness;
+mod proxy;
 
 mod api;
 mod consuming;
+mod correlation;
+mod outages;
+mod refusals;
 mod run;
+mod topology;
 mod webhook;
