@@ -5,14 +5,17 @@
 //! - [`Publisher`]: persistent messages on a confirm-mode channel; a publish
 //!   only counts once the broker acked it.
 //! - [`Message`]: what every message carries (id, type, timestamp, correlation id).
+//! - [`DepthProbe`]: how many messages a queue holds (the dead-letter queues' gauge).
 
 pub mod config;
 pub mod declared;
+pub mod depth;
 pub mod message;
 pub mod publisher;
 pub mod topology;
 
 pub use config::AmqpArgs;
+pub use depth::{DepthError, DepthProbe};
 pub use message::{Incoming, Message, Poison};
 pub use publisher::Publisher;
 pub use topology::{DeclareError, Topology};

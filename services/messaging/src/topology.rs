@@ -60,6 +60,19 @@ impl Topology {
     pub fn dead_letter_queue(&self, queue: &str) -> String {
         format!("{queue}.dlq")
     }
+    /// The queues consumers read, each with a retry and a dead-letter queue.
+    pub fn work_queues(&self) -> [String; 2] {
+        [self.transactions_queue(), self.notifications_queue()]
+    }
+    /// Every dead-letter queue of this PayFlow.
+    pub fn dead_letter_queues(&self) -> [String; 2] {
+        self.work_queues().map(|q| self.dead_letter_queue(&q))
+    }
+    /// `name` without this PayFlow's prefix (`payflow.transactions.dlq` → `transactions.dlq`):
+    /// the same metric label on every install.
+    pub fn unprefixed<'a>(&self, name: &'a str) -> &'a str {
+        name.strip_prefix(self.prefix.as_str()).and_then(|n| n.strip_prefix('.')).unwrap_or(name)
+    }
 
     /// Declares everything; safe to call from every process at every start.
     /// The outcome is recorded for readiness ([`crate::declared::failure`]); a

@@ -57,7 +57,7 @@ impl Counters {
             deliveries: IntCounterVec::new(
                 Opts::new(
                     "payflow_notification_deliveries_total",
-                    "Notification delivery attempts by channel and result (ok, failed, skipped)",
+                    "Notification delivery attempts by channel and result (ok, failed, skipped; rejected: refused for good, not retried)",
                 ),
                 &["channel", "result"],
             )?,
