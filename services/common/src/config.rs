@@ -46,8 +46,13 @@ pub struct DbArgs {
         hide_env_values = true
     )]
     pub database_url: String,
-    /// Maximum connections in this service's pool.
-    #[arg(long = "db-max-connections", env = "PAYFLOW_DB_MAX_CONNECTIONS", default_value_t = 20)]
+    /// Maximum connections in this service's pool (at least 1).
+    #[arg(
+        long = "db-max-connections",
+        env = "PAYFLOW_DB_MAX_CONNECTIONS",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
     pub max_connections: u32,
 }
 
@@ -142,6 +147,17 @@ impl std::fmt::Debug for ServiceTokenArgs {
 
 #[cfg(test)]
 mod tests {
+    use super::{parse_component, DbArgs};
+
+    #[test]
+    fn a_pool_of_no_connections_is_refused_when_parsed() {
+        // sqlx would panic later ("max_connections must be greater than zero").
+        let err = parse_component::<DbArgs>(["--db-max-connections=0".to_string()]).expect_err("0 is refused");
+        assert!(err.to_string().contains("--db-max-connections"), "{err}");
+        let ok = parse_component::<DbArgs>(["--db-max-connections=1".to_string()]).expect("1 is fine");
+        assert_eq!(ok.max_connections, 1);
+    }
+
     #[test]
     fn urls_lose_their_credentials() {
         assert_eq!(super::redact_url("postgres://u:secret@db:5432/payflow"), "postgres://***@db:5432");

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
@@ -53,9 +54,23 @@ fn pool_options(args: &DbArgs) -> PgPoolOptions {
         })
 }
 
-/// A pool for `component` (wallet, worker, ...), connected now.
+/// A pool for `component` (wallet, worker, ...), connected now. A failure
+/// names the server (host, port, database; never the user or password): sqlx's
+/// own "pool timed out while waiting for an open connection" does not.
 pub async fn connect(args: &DbArgs, component: &str) -> anyhow::Result<PgPool> {
-    Ok(pool_options(args).connect_with(connect_options(args, component)?).await?)
+    let opts = connect_options(args, component)?;
+    let server = describe(&opts);
+    pool_options(args).connect_with(opts).await.with_context(|| format!("cannot connect to {server}"))
+}
+
+/// `Postgres at host:port, database name`, for error messages.
+fn describe(opts: &PgConnectOptions) -> String {
+    let host = opts.get_host();
+    let host = if host.contains(':') && !host.starts_with('/') { format!("[{host}]") } else { host.to_string() };
+    match opts.get_database() {
+        Some(db) => format!("Postgres at {host}:{}, database {db}", opts.get_port()),
+        None => format!("Postgres at {host}:{}", opts.get_port()),
+    }
 }
 
 /// Opens a transaction on `pool`, safe to cancel. sqlx's own `Pool::begin`
@@ -88,18 +103,33 @@ async fn begin_with(
 /// Runs `migrator` inside `schema`. Safe to run concurrently from many
 /// processes: a session advisory lock serialises schema creation and sqlx
 /// takes its own lock for the migrations.
+///
+/// Applied migrations that `migrator` does not know are left alone (sqlx's
+/// `ignore_missing`; by default it refuses them with `VersionMissing`): after
+/// a rollback of `spec.version` the previous release's migration Job finds the
+/// newer release's migrations applied, and the operator starts no Deployment
+/// until that Job succeeds. Migrations are written so that the previous
+/// release runs on them (additive; see wallet's 0003), so the older binary may
+/// run on the newer schema. Migrations it does know are still checked against
+/// their checksums, and a later roll forward finds the newer ones applied.
 pub async fn migrate_schema(pool: &PgPool, schema: &str, migrator: &Migrator) -> anyhow::Result<()> {
     anyhow::ensure!(
         !schema.is_empty() && schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
         "invalid schema name {schema:?}"
     );
+    let migrator = Migrator {
+        migrations: migrator.migrations.clone(),
+        ignore_missing: true,
+        locking: migrator.locking,
+        no_tx: migrator.no_tx,
+    };
     let mut conn = pool.acquire().await?.detach();
     // Any fixed key works; it only has to be the same in every process.
     sqlx::query("SELECT pg_advisory_lock(7245337)").execute(&mut conn).await?;
     let result = async {
         sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&mut conn).await?;
         sqlx::query(&format!("SET search_path TO {schema}")).execute(&mut conn).await?;
-        migrator.run(&mut conn).await?;
+        migrator.run(&mut conn).await.with_context(|| format!("migrating schema {schema}"))?;
         anyhow::Ok(())
     }
     .await;
@@ -176,6 +206,74 @@ mod tests {
         assert!(cancelled.is_err());
         assert!(left_open(&pool).await, "sqlx's Pool::begin no longer leaks a cancelled transaction");
         sqlx::raw_sql("ROLLBACK").execute(&pool).await.expect("rollback");
+    }
+
+    /// A schema no other test uses (names allow lower-case letters and `_` only).
+    fn fresh_schema() -> String {
+        let letters: String =
+            uuid::Uuid::new_v4().simple().to_string().bytes().map(|b| (b'a' + b % 26) as char).take(16).collect();
+        format!("test_migrate_{letters}")
+    }
+
+    fn step(version: i64, sql: &'static str) -> sqlx::migrate::Migration {
+        sqlx::migrate::Migration::new(
+            version,
+            format!("step {version}").into(),
+            sqlx::migrate::MigrationType::Simple,
+            sql.into(),
+            false,
+        )
+    }
+
+    fn migrator_of(migrations: Vec<sqlx::migrate::Migration>) -> Migrator {
+        Migrator { migrations: migrations.into(), ignore_missing: false, locking: true, no_tx: false }
+    }
+
+    #[tokio::test]
+    async fn the_previous_release_migrates_a_schema_the_next_one_upgraded() {
+        let pool = one_connection_pool().await;
+        let schema = fresh_schema();
+        let all = vec![
+            step(1, "CREATE TABLE a (id int)"),
+            step(2, "CREATE TABLE b (id int)"),
+            step(3, "ALTER TABLE a ADD COLUMN note text"),
+        ];
+        let result = async {
+            migrate_schema(&pool, &schema, &migrator_of(all.clone())).await.expect("the newer release migrates");
+            // Rolled back: the previous release's migrator lacks the newest migration.
+            let previous = migrator_of(all[..2].to_vec());
+            migrate_schema(&pool, &schema, &previous).await.expect("the previous release migrates too");
+            // sqlx on its own refuses (what the previous release's Job did before).
+            let mut conn = pool.acquire().await.expect("acquire");
+            sqlx::query(&format!("SET search_path TO {schema}")).execute(&mut *conn).await.expect("search_path");
+            let plain = previous.run(&mut *conn).await;
+            sqlx::query("RESET search_path").execute(&mut *conn).await.expect("reset");
+            drop(conn);
+            assert!(matches!(plain, Err(sqlx::migrate::MigrateError::VersionMissing(3))), "{plain:?}");
+            // And rolling forward again finds everything applied.
+            migrate_schema(&pool, &schema, &migrator_of(all.clone())).await.expect("roll forward");
+            // A migration that was changed after it was applied is still refused.
+            let mut changed = all.clone();
+            changed[1] = step(2, "CREATE TABLE b (id bigint)");
+            let refused = migrate_schema(&pool, &schema, &migrator_of(changed)).await;
+            assert!(format!("{:#}", refused.expect_err("changed migration")).contains("has been modified"));
+        }
+        .await;
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&pool).await.expect("drop schema");
+        result
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_names_the_server_but_not_the_password() {
+        // A port nothing listens on: bind one, note it, let it go.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let args = DbArgs {
+            database_url: format!("postgres://someone:s3cr3t-pw@127.0.0.1:{port}/ledgerdb"),
+            max_connections: 1,
+        };
+        let err = format!("{:#}", connect(&args, "test").await.expect_err("nothing listens there"));
+        assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("ledgerdb"), "{err}");
+        assert!(!err.contains("s3cr3t-pw") && !err.contains("someone"), "{err}");
     }
 
     #[test]

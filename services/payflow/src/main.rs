@@ -39,7 +39,17 @@ enum Command {
     Dev(dev::DevArgs),
     /// Creates or upgrades every service's schema, then exits.
     Migrate(DbArgs),
-    /// Verifies the ledger (balances sum to zero and match their entries); exits 1 on any problem.
+    /// Verifies the ledger and that transactions agree with it; exits 1 on a problem, 2 if it could not check.
+    ///
+    /// From one read-only snapshot: balances sum to zero per currency and match their entries, holds
+    /// match pending transfers, no negative available balance, posted transfers have two entries;
+    /// then, when schema txn is readable, every COMPLETED transaction's transfer is posted, no FAILED
+    /// one's is posted or pending, and each transfer moves what its transaction says. Prints a JSON
+    /// report to stdout and a summary line to stderr.
+    ///
+    /// Exit status: 0 every check ran and found nothing; 1 a problem was found (under "problems");
+    /// 2 it could not check: no connection, a query failed, or a check was skipped (under
+    /// "skipped", e.g. txn.transactions not readable) while the others found nothing.
     LedgerCheck(DbArgs),
     /// Prints a new Ed25519 private key (PKCS#8 PEM) for PAYFLOW_JWT_PRIVATE_KEY.
     Keygen,
@@ -83,7 +93,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Notification(cfg) => payflow_notification::run(cfg, cancel).await?,
         Command::Dev(args) => dev::run(args, cancel).await?,
         Command::Migrate(db) => migrate(&db).await?,
-        Command::LedgerCheck(db) => return ledger_check(&db).await,
+        Command::LedgerCheck(db) => return Ok(ledger_check(&db).await),
         Command::Keygen => print!("{}", payflow_common::jwt::JwtSigner::generate_pem()?),
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -100,18 +110,47 @@ pub(crate) async fn migrate(db: &DbArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ledger_check(db: &DbArgs) -> anyhow::Result<std::process::ExitCode> {
-    let pool = payflow_common::db::connect(db, "ledger-check").await?;
-    let report = payflow_wallet::ledger_check(&pool).await?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(if report.is_ok() {
+/// Exit status of `ledger-check` when it could not check (clap's usage errors exit 2 as well).
+const LEDGER_NOT_CHECKED: u8 = 2;
+
+async fn ledger_check(db: &DbArgs) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let checked = async {
+        let pool = payflow_common::db::connect(db, "ledger-check").await?;
+        let report = payflow_wallet::ledger_check(&pool).await;
+        pool.close().await;
+        let report = report?;
+        let json = serde_json::to_string_pretty(&report)?;
+        anyhow::Ok((report, json))
+    };
+    let (report, json) = match checked.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "ledger check could not run");
+            eprintln!("ledger check could not run: {e:#}");
+            return ExitCode::from(LEDGER_NOT_CHECKED);
+        }
+    };
+    println!("{json}");
+    let skipped = report.skipped.join("; ");
+    if !report.is_ok() {
+        let also = if skipped.is_empty() { String::new() } else { format!(" (and skipped: {skipped})") };
+        eprintln!("ledger check FAILED: {} problem(s){also}", report.problems.len());
+        ExitCode::FAILURE
+    } else if !report.is_complete() {
         eprintln!(
-            "ledger ok: {} accounts, {} transfers, {} entries",
+            "ledger check INCOMPLETE: no problem in {} accounts, {} transfers, {} entries, but skipped: {skipped}",
             report.accounts, report.transfers, report.entries
         );
-        std::process::ExitCode::SUCCESS
+        ExitCode::from(LEDGER_NOT_CHECKED)
     } else {
-        eprintln!("ledger check FAILED: {} problem(s)", report.problems.len());
-        std::process::ExitCode::FAILURE
-    })
+        eprintln!(
+            "ledger ok: {} accounts, {} transfers, {} entries, {} transactions agree with them",
+            report.accounts,
+            report.transfers,
+            report.entries,
+            report.transactions.unwrap_or_default()
+        );
+        ExitCode::SUCCESS
+    }
 }

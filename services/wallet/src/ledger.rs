@@ -281,61 +281,90 @@ pub async fn create_pending_many(
 ) -> Result<Vec<Result<Outcome<Transfer>, LedgerError>>, LedgerError> {
     // wallet.hold_batch (migrations/0003, as amended by 0005) checks everything below
     // again; a self-transfer is refused here because the function does not look for it.
-    // An id given twice is sent once: the repeat compares with what the first stored.
-    let mut seen = HashSet::with_capacity(news.len());
-    let valid: Vec<&NewTransfer> = news.iter().filter(|n| n.from != n.to && seen.insert(n.id.0)).collect();
-    let mut outcomes: HashMap<Uuid, HoldRow> = HashMap::with_capacity(valid.len());
-    if !valid.is_empty() {
-        let rows: Vec<HoldRow> = retrying(|| async {
-            Ok(sqlx::query_as(
-                "SELECT o_id, o_outcome, o_created_at, o_timeout_at FROM wallet.hold_batch($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(valid.iter().map(|n| n.id.0).collect::<Vec<_>>())
-            .bind(valid.iter().map(|n| n.from.0).collect::<Vec<_>>())
-            .bind(valid.iter().map(|n| n.to.0).collect::<Vec<_>>())
-            .bind(valid.iter().map(|n| n.amount).collect::<Vec<_>>())
-            .bind(valid.iter().map(|n| n.currency.code()).collect::<Vec<_>>())
-            .bind(valid.iter().map(|n| n.timeout.as_secs_f64()).collect::<Vec<_>>())
-            .fetch_all(pool)
-            .await?)
-        })
-        .await?;
-        outcomes.extend(rows.into_iter().map(|row| (row.0, row)));
-    }
-    let mut results = Vec::with_capacity(news.len());
-    for new in news {
+    // An id given twice is sent once per call: the first copies go first, and the repeats
+    // in a following call, so each gets what it would get on its own after the first
+    // (the first's transfer, compared, if that was stored; else a decision of its own,
+    // e.g. the same refusal). Each call is one statement and one commit.
+    let mut results: Vec<Option<Result<Outcome<Transfer>, LedgerError>>> = Vec::with_capacity(news.len());
+    let mut waiting: Vec<usize> = Vec::new();
+    for (i, new) in news.iter().enumerate() {
         if new.from == new.to {
-            results.push(Err(LedgerError::SameAccount));
-            continue;
+            results.push(Some(Err(LedgerError::SameAccount)));
+        } else {
+            results.push(None);
+            waiting.push(i);
         }
-        // The first occurrence of an id takes its row; a repeat finds it taken.
-        let Some((_, outcome, created_at, timeout_at)) = outcomes.remove(&new.id.0) else {
-            results.push(existing(pool, new).await);
-            continue;
-        };
-        results.push(match (outcome.as_str(), created_at) {
-            // Created now: everything is known, no need to read it back (every accept's path).
-            ("created", Some(created_at)) => Ok(Outcome::Created(Transfer {
-                id: new.id.0,
-                kind: "payment".into(),
-                from_user_id: Some(new.from.0),
-                to_user_id: Some(new.to.0),
-                amount: Some(new.amount),
-                currency: Some(new.currency.code().to_string()),
-                state: TransferState::Pending,
-                timeout_at,
-                created_at,
-                resolved_at: None,
-            })),
-            ("exists", _) => existing(pool, new).await,
-            ("insufficient_funds", _) => Err(LedgerError::InsufficientFunds),
-            ("sender_not_found", _) => Err(LedgerError::SenderNotFound),
-            ("recipient_not_found", _) => Err(LedgerError::RecipientNotFound),
-            ("currency_mismatch", _) => Err(LedgerError::CurrencyMismatch),
-            (other, _) => Err(LedgerError::Db(sqlx::Error::Protocol(format!("wallet.hold_batch answered {other:?}")))),
-        });
     }
-    Ok(results)
+    while !waiting.is_empty() {
+        let mut seen = HashSet::with_capacity(waiting.len());
+        let (round, later): (Vec<usize>, Vec<usize>) = waiting.into_iter().partition(|&i| seen.insert(news[i].id.0));
+        let batch: Vec<&NewTransfer> = round.iter().map(|&i| &news[i]).collect();
+        let mut outcomes = hold_batch(pool, &batch).await?;
+        for i in round {
+            let new = &news[i];
+            results[i] = Some(match outcomes.remove(&new.id.0) {
+                Some((_, outcome, created_at, timeout_at)) => {
+                    hold_outcome(pool, new, &outcome, created_at, timeout_at).await
+                }
+                None => Err(LedgerError::Db(sqlx::Error::Protocol(format!(
+                    "wallet.hold_batch did not answer for {}",
+                    new.id.0
+                )))),
+            });
+        }
+        waiting = later;
+    }
+    Ok(results.into_iter().map(|r| r.unwrap_or(Err(LedgerError::Retry))).collect())
+}
+
+/// One call of `wallet.hold_batch` (ids distinct): its answer by id.
+async fn hold_batch(pool: &PgPool, batch: &[&NewTransfer]) -> Result<HashMap<Uuid, HoldRow>, LedgerError> {
+    let rows: Vec<HoldRow> = retrying(|| async {
+        Ok(sqlx::query_as(
+            "SELECT o_id, o_outcome, o_created_at, o_timeout_at FROM wallet.hold_batch($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(batch.iter().map(|n| n.id.0).collect::<Vec<_>>())
+        .bind(batch.iter().map(|n| n.from.0).collect::<Vec<_>>())
+        .bind(batch.iter().map(|n| n.to.0).collect::<Vec<_>>())
+        .bind(batch.iter().map(|n| n.amount).collect::<Vec<_>>())
+        .bind(batch.iter().map(|n| n.currency.code()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|n| n.timeout.as_secs_f64()).collect::<Vec<_>>())
+        .fetch_all(pool)
+        .await?)
+    })
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.0, row)).collect())
+}
+
+/// What `wallet.hold_batch` answered for `new`, as the caller's outcome.
+async fn hold_outcome(
+    pool: &PgPool,
+    new: &NewTransfer,
+    outcome: &str,
+    created_at: Option<DateTime<Utc>>,
+    timeout_at: Option<DateTime<Utc>>,
+) -> Result<Outcome<Transfer>, LedgerError> {
+    match (outcome, created_at) {
+        // Created now: everything is known, no need to read it back (every accept's path).
+        ("created", Some(created_at)) => Ok(Outcome::Created(Transfer {
+            id: new.id.0,
+            kind: "payment".into(),
+            from_user_id: Some(new.from.0),
+            to_user_id: Some(new.to.0),
+            amount: Some(new.amount),
+            currency: Some(new.currency.code().to_string()),
+            state: TransferState::Pending,
+            timeout_at,
+            created_at,
+            resolved_at: None,
+        })),
+        ("exists", _) => existing(pool, new).await,
+        ("insufficient_funds", _) => Err(LedgerError::InsufficientFunds),
+        ("sender_not_found", _) => Err(LedgerError::SenderNotFound),
+        ("recipient_not_found", _) => Err(LedgerError::RecipientNotFound),
+        ("currency_mismatch", _) => Err(LedgerError::CurrencyMismatch),
+        (other, _) => Err(LedgerError::Db(sqlx::Error::Protocol(format!("wallet.hold_batch answered {other:?}")))),
+    }
 }
 
 /// `wallet.hold_batch`'s answer for one id: outcome, created_at, timeout_at.
@@ -552,6 +581,34 @@ mod tests {
         assert!(matches!(repeat, Ok(Outcome::Existing(ref t)) if t.id == new.id.0), "{repeat:?}");
         let w = get_wallet(&pool, from).await.expect("read").expect("wallet");
         assert_eq!((w.balance, w.pending_debits), (100_000, 60_000), "held once: {w:?}");
+    }
+
+    #[tokio::test]
+    async fn an_id_repeated_in_one_batch_gets_what_it_would_get_after_the_first() {
+        let pool = migrated_pool(2).await;
+        let (usd, from, to) = two_wallets_of_1000(&pool).await;
+        let new = |id: Uuid, amount| NewTransfer {
+            id: TransferId(id),
+            from,
+            to,
+            amount,
+            currency: usd,
+            timeout: Duration::from_secs(60),
+        };
+        // Refused, twice in the batch: the repeat is refused the same way (it was a 503).
+        let too_much = new(Uuid::now_v7(), 200_000);
+        // Held, then repeated as is (the same hold) and with another amount (a conflict).
+        let fits = new(Uuid::now_v7(), 10_000);
+        let reused = new(fits.id.0, 10_001);
+        let batch = [too_much.clone(), fits.clone(), too_much.clone(), fits.clone(), reused];
+        let results = create_pending_many(&pool, &batch).await.expect("batch");
+        assert!(matches!(results[0], Err(LedgerError::InsufficientFunds)), "{results:?}");
+        assert!(matches!(results[1], Ok(Outcome::Created(_))), "{results:?}");
+        assert!(matches!(results[2], Err(LedgerError::InsufficientFunds)), "{results:?}");
+        assert!(matches!(results[3], Ok(Outcome::Existing(ref t)) if t.id == fits.id.0), "{results:?}");
+        assert!(matches!(results[4], Err(LedgerError::Conflict)), "{results:?}");
+        let w = get_wallet(&pool, from).await.expect("read").expect("wallet");
+        assert_eq!((w.balance, w.pending_debits), (100_000, 10_000), "held once: {w:?}");
     }
 
     #[tokio::test]

@@ -213,3 +213,42 @@ async fn a_hold_batch_answers_each_hold_as_the_single_call_would() {
     assert_eq!(status, 400);
     s.assert_ledger_ok().await;
 }
+
+#[tokio::test]
+async fn a_refused_hold_repeated_in_one_batch_is_refused_twice_not_503() {
+    let s = Stack::start().await;
+    let (a, b) = (wallet(&s).await, wallet(&s).await);
+    let big = Uuid::new_v4().to_string();
+    let batch = json!({"transfers": [transfer(&big, &a, &b, 200_000), transfer(&big, &a, &b, 200_000)]});
+    let (status, items) = s.internal(Method::POST, "/internal/transfers/hold-batch", Some(batch)).await;
+    assert_eq!(status, 200, "{items}");
+    for item in items.as_array().expect("a list") {
+        assert_eq!((item["status"].as_u64(), item["body"]["code"].as_str()), (Some(422), Some("insufficient_funds")));
+    }
+    assert_eq!(balances(&s, &a).await, ("1000.00".into(), "1000.00".into()));
+}
+
+#[tokio::test]
+async fn wallets_are_made_in_the_configured_currency_only() {
+    let s = Stack::start().await;
+    let user = Uuid::new_v4();
+    let create = |body: Value| {
+        let s = &s;
+        async move { s.internal(Method::POST, "/internal/wallets", Some(body)).await }
+    };
+    let (status, body) = create(json!({"userId": user, "name": "Euro", "currency": "EUR"})).await;
+    assert_eq!((status, body["details"][0]["path"].as_str()), (400, Some("currency")), "{body}");
+    let (status, body) = create(json!({"userId": user, "name": "Dollar", "currency": "USD"})).await;
+    assert_eq!((status, body["currency"].as_str()), (201, Some("USD")), "{body}");
+
+    // A wallet made in another currency (before the setting changed): asked for in the
+    // configured one, a conflict; asked for without a currency (auth), the wallet as it is.
+    let euro_user = payflow_common::ids::UserId(Uuid::new_v4());
+    let eur = payflow_common::money::Currency::parse("EUR").expect("EUR");
+    payflow_wallet::ledger::create_wallet(&s.pool, euro_user, "Euro", eur, 0).await.expect("EUR wallet");
+    let (status, body) = create(json!({"userId": euro_user.0, "name": "Euro", "currency": "USD"})).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("wallet_currency_conflict")), "{body}");
+    let (status, body) = create(json!({"userId": euro_user.0, "name": "Euro"})).await;
+    assert_eq!((status, body["currency"].as_str()), (200, Some("EUR")), "{body}");
+    s.assert_ledger_ok().await;
+}

@@ -35,17 +35,38 @@ pub struct CreateWallet {
 }
 
 /// `POST /internal/wallets`: idempotent on `userId`; credits the sign-up amount once.
+///
+/// `currency`, when given, must be the configured one (`PAYFLOW_DEFAULT_CURRENCY`): the
+/// transaction service moves that currency only, so a wallet in any other could never pay
+/// or be paid (and three capital letters are not necessarily a currency). A wallet that
+/// exists in another currency (created before the setting changed) answers 409
+/// `wallet_currency_conflict` when `currency` is given; without it (auth's call) the
+/// existing wallet is the answer, whatever its currency.
 pub async fn create_wallet(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CreateWallet>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let name = req.name.trim();
+    let mut details = Vec::new();
     if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::validation(vec![FieldError::new("name", "must be 1-100 characters")]));
+        details.push(FieldError::new("name", "must be 1-100 characters"));
     }
-    let currency = req.currency.unwrap_or(state.currency);
-    let credit = if currency == state.currency { state.signup_credit } else { 0 };
-    let outcome = ledger::create_wallet(&state.pool, req.user_id, name, currency, credit).await?;
+    if req.currency.is_some_and(|c| c != state.currency) {
+        details.push(FieldError::new("currency", format!("must be {}", state.currency.code())));
+    }
+    if !details.is_empty() {
+        return Err(ApiError::validation(details));
+    }
+    let currency = state.currency;
+    let outcome = ledger::create_wallet(&state.pool, req.user_id, name, currency, state.signup_credit).await?;
+    if let Outcome::Existing(w) = &outcome {
+        if req.currency.is_some() && w.currency != currency.code() {
+            return Err(ApiError::conflict(
+                "wallet_currency_conflict",
+                format!("The user's wallet exists in {}, not {currency}", w.currency),
+            ));
+        }
+    }
     Ok(answer(match outcome {
         Outcome::Created(w) => Outcome::Created(wallet_json(&w)),
         Outcome::Existing(w) => Outcome::Existing(wallet_json(&w)),
