@@ -195,7 +195,7 @@ log "traffic, a spec change for the operator, one reversal pass"
 kubectl -n "$NS" patch payflow demo --type=merge -p '{"spec":{"worker":{"autoscaling":{"maxReplicas":4}}}}' >/dev/null
 "${CHECK[@]}" traffic "http://127.0.0.1:$P_GATEWAY" "http://127.0.0.1:$P_PROM" "$NS"
 PAYFLOW_DATABASE_URL="$DB_URL" PAYFLOW_SERVICE_TOKEN="$TOKEN" PAYFLOW_LOG=warn \
-    "$BIN" reverse-pending --older-than 0s --wallet-url "http://127.0.0.1:$P_WALLET" --amqp-prefix "$NS" \
+    "$BIN" reverse-pending --older-than 5s --wallet-url "http://127.0.0.1:$P_WALLET" --amqp-prefix "$NS" \
     >>"$WORK/payflow.log" 2>&1
 
 log "every metric name used is exported"

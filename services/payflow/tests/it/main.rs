@@ -8,6 +8,7 @@ mod gateway;
 mod payments;
 mod proxy;
 mod registration;
+mod reversal;
 mod story;
 mod tokens;
 mod validation;
