@@ -2,6 +2,7 @@
 //! random ports, against the real Postgres and Redis of the test stack.
 
 mod harness;
+#[path = "../../../payflow/tests/support/proxy.rs"]
 mod proxy;
 
 mod client_address;

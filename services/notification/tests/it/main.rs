@@ -4,6 +4,7 @@
 //! and `eval "$(PAYFLOW_STACK_RABBITMQ=1 bash scripts/stack.sh env test)"`.
 
 mod harness;
+#[path = "../../../payflow/tests/support/proxy.rs"]
 mod proxy;
 
 mod api;

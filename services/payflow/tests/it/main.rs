@@ -6,6 +6,7 @@ mod broker;
 mod crashes;
 mod gateway;
 mod payments;
+#[path = "../support/proxy.rs"]
 mod proxy;
 mod registration;
 mod reversal;

@@ -1,5 +1,6 @@
-//! A TCP proxy a test owns, to take Redis away from one service of one
-//! stack only: the other tests, sharing the same Redis, go on.
+//! A TCP proxy a test owns, to take a server away from one stack or service only: the
+//! other tests, sharing the same server, go on. Shared by the test suites of payflow,
+//! gateway and notification (`#[path]`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,7 +26,7 @@ impl Proxy {
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if !flag.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection is closed at once
+                    continue; // dropped: the connection is refused at once
                 }
                 let upstream = upstream.clone();
                 let mut cut = gen.subscribe();
