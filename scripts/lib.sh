@@ -88,18 +88,34 @@ ensure_apt_packages() {
     fi
     # Packages like postgresql/redis/rabbitmq start their system-wide service
     # from postinst; we run private instances instead, so block those starts
-    # (policy-rc.d exit 101 = "action forbidden") unless a policy already exists.
-    local policy=/usr/sbin/policy-rc.d added_policy=0 rc=0
-    if [[ ! -e "$policy" ]]; then
-        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
-        as_root chmod 755 "$policy"
-        added_policy=1
-    fi
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-        --no-install-recommends "${missing[@]}" || rc=$?
-    if ((added_policy)); then
-        as_root rm -f "$policy"
-    fi
+    # (policy-rc.d exit 101 = "action forbidden") unless a policy already
+    # exists. Ours carries a marker line and is removed by an EXIT trap of the
+    # subshell, so Ctrl-C or a failure mid-install never leaves it behind (one
+    # left by a killed run is reused and removed this time); a policy of
+    # anyone else's is never touched.
+    local rc=0
+    (
+        policy=/usr/sbin/policy-rc.d
+        marker='# temporary: added by PayFlow scripts/lib.sh for one apt-get install'
+        # shellcheck disable=SC2317  # only reached through the trap below
+        remove_our_policy() {
+            if grep -qxF "$marker" "$policy" 2>/dev/null; then
+                as_root rm -f "$policy"
+            fi
+        }
+        trap remove_our_policy EXIT
+        trap 'exit 129' HUP
+        trap 'exit 130' INT
+        trap 'exit 143' TERM
+        if [[ ! -e "$policy" ]]; then
+            # noclobber: never replace a policy that appeared meanwhile.
+            # shellcheck disable=SC2016  # expanded by that sh, not here
+            as_root sh -c 'set -C; printf "#!/bin/sh\n%s\nexit 101\n" "$2" >"$1" && chmod 755 "$1"' \
+                sh "$policy" "$marker" || true
+        fi
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+            --no-install-recommends "${missing[@]}"
+    ) || rc=$?
     ((rc == 0)) || die "apt-get install failed (exit $rc) for: ${missing[*]}"
 }
 
@@ -182,6 +198,48 @@ refuse_if_payflow_running() {
     done
 }
 
+# hold_script_lock SCRIPT: one SCRIPT (run.sh, test.sh) per checkout at a
+# time. Takes .payflow/SCRIPT.lock on fd 9 for the rest of this process and
+# writes our pid into it; dies at once, naming the pid that holds it, when
+# another run has it. The lock is released when this process ends. Children
+# that may outlive us (servers) must not inherit it: start them with 9>&-
+# (scripts/stack.sh replaces fd 9 with its own lock before starting any).
+hold_script_lock() {
+    local file="$PAYFLOW_STATE_ROOT/$1.lock" holder
+    mkdir -p "$PAYFLOW_STATE_ROOT"
+    # <>: open without truncating, so the holder's pid stays readable.
+    exec 9<>"$file"
+    if ! flock -n 9; then
+        exec 9>&-
+        holder="$(read_pidfile "$file")"
+        if [[ -z "$holder" ]]; then
+            sleep 0.2 # it may have just got the lock and not written its pid yet
+            holder="$(read_pidfile "$file")"
+        fi
+        die "another scripts/$1 is running in this checkout (pid ${holder:-unknown}, lock $file); wait for it to end or stop it first"
+    fi
+    printf '%s\n' "$$" >"$file"
+}
+
+# release_script_lock SCRIPT: forget our pid in the lock file (the lock goes
+# with the process); call it last, from the exit trap.
+release_script_lock() {
+    local file="$PAYFLOW_STATE_ROOT/$1.lock"
+    if [[ "$(read_pidfile "$file")" == "$$" ]]; then
+        : >"$file"
+    fi
+}
+
+# script_lock_holder SCRIPT: the pid of the SCRIPT run holding its lock
+# (empty when none runs; a pid left by a killed run is ignored).
+script_lock_holder() {
+    local pid
+    pid="$(read_pidfile "$PAYFLOW_STATE_ROOT/$1.lock")"
+    if pid_alive "$pid" "(^| |/)${1//./\\.}( |\$)"; then
+        printf '%s' "$pid"
+    fi
+}
+
 # start_run_stack: start the `run` stack with RabbitMQ and load its
 # environment. A stack that was up before (scripts/run.sh --no-wait) is left
 # up at the end: RUN_STACK_OURS says whether stop_run_stack_if_ours stops it.
@@ -222,6 +280,13 @@ pid_alive() {
     [[ "$comm" =~ $pattern ]] && return 0
     cmdline="$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" || true)"
     [[ "$cmdline" =~ $pattern ]]
+}
+
+# pid_cwd_is PID DIR: the process's working directory is DIR (same inode, so
+# symlinked paths agree). Tells our servers from the same server of another
+# checkout, whose pid a stale pidfile may name.
+pid_cwd_is() {
+    [[ "$1" =~ ^[0-9]+$ && "/proc/$1/cwd" -ef "$2" ]]
 }
 
 # read_pidfile FILE: print the pid stored in FILE (empty if none).

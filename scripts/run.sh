@@ -5,11 +5,18 @@
 #
 # Usage:
 #   scripts/run.sh            run in the foreground; Ctrl-C (or payflow
-#                             exiting) stops payflow and the run stack
+#                             exiting) stops payflow, and the run stack if
+#                             this run started it
 #   scripts/run.sh --no-wait  start everything, print how to use it, exit and
 #                             leave it all running (stop it with `stop`)
 #   scripts/run.sh stop       stop a detached run: payflow and the run stack
 #   scripts/run.sh --help     this text
+#
+# One scripts/run.sh at a time per checkout: a second one exits at once. A
+# payflow left by an earlier --no-wait is replaced once the new build
+# succeeded. Nothing is started while ports 3000-3005 are taken by something
+# else (a bench or chaos run, another payflow). A run stack that was already
+# up (an earlier --no-wait, bench, chaos) is used and left up.
 #
 # Environment: PAYFLOW_GATEWAY_PORT (default 3000), the other PAYFLOW_*_PORT and PAYFLOW_*
 # settings are passed through to payflow; PAYFLOW_READY_TIMEOUT (default 120) bounds the wait for /readyz.
@@ -34,19 +41,32 @@ GATEWAY_PORT="${PAYFLOW_GATEWAY_PORT:-3000}"
 GATEWAY="http://127.0.0.1:$GATEWAY_PORT"
 READY_TIMEOUT="${PAYFLOW_READY_TIMEOUT:-120}"
 
+# app_ours PID: PID is a `payflow dev` that scripts/run.sh started from this
+# checkout (it runs in the repo root), not a stranger that got a stale pid.
+app_ours() {
+    pid_alive "$1" '(^|/)payflow dev( |$)' && pid_cwd_is "$1" "$PAYFLOW_ROOT"
+}
+
+# stop_app: stop the payflow in the pidfile (an earlier run's).
 stop_app() {
     local pid
     pid="$(read_pidfile "$APP_PID_FILE")"
-    if pid_alive "$pid" '(^|/)payflow( |$)'; then
+    if app_ours "$pid"; then
         log "stopping payflow (pid $pid)"
         stop_pid "$pid" 30
     fi
     rm -f "$APP_PID_FILE"
 }
 
-stop_everything() {
-    stop_app
-    "$STACK" stop run
+# ports_free: die, before anything is started, when a port of payflow dev is
+# taken (it would answer our /readyz and requests).
+ports_free() {
+    local port
+    for port in $(payflow_ports); do
+        if port_open "$port"; then
+            die "port $port is already in use by another process (a bench or chaos run? see: ss -ltnp 'sport = :$port')"
+        fi
+    done
 }
 
 MODE=foreground
@@ -54,7 +74,9 @@ case "${1:-}" in
     "") ;;
     --no-wait) MODE=detach ;;
     stop)
-        stop_everything
+        # Everything, whoever started it: that is this command's job.
+        stop_app
+        "$STACK" stop run
         exit 0
         ;;
     -h | --help)
@@ -68,20 +90,48 @@ case "${1:-}" in
 esac
 (($# <= 1)) || { usage >&2; exit 2; }
 
+# Until we exit (or hand over with --no-wait); our servers and payflow close
+# fd 9 so they never hold it.
+hold_script_lock run.sh
+
 APP_PID=""
-# Until we hand over (detach) or finish, any exit tears everything down so a
-# failed start never leaves half a system running.
+APP_STARTING=0
+# Until we hand over (detach) or finish, any exit stops what this run started:
+# its payflow, and the run stack only if it was not up before (another
+# --no-wait, bench or chaos may be using it).
 # shellcheck disable=SC2317  # only reached through the traps below
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    log "shutting down"
-    stop_everything || warn "stopping failed; try: scripts/run.sh stop"
+    # Interrupted between starting payflow and noting its pid: $! has it.
+    if ((APP_STARTING)) && [[ -z "$APP_PID" ]]; then
+        APP_PID="${!:-}"
+    fi
+    if [[ -n "$APP_PID" ]] || ((RUN_STACK_OURS)); then
+        log "shutting down"
+    fi
+    if [[ -n "$APP_PID" ]]; then
+        if pid_alive "$APP_PID"; then
+            log "stopping payflow (pid $APP_PID)"
+            stop_pid "$APP_PID" 30
+        fi
+        if [[ "$(read_pidfile "$APP_PID_FILE")" == "$APP_PID" ]]; then
+            rm -f "$APP_PID_FILE"
+        fi
+    fi
+    stop_run_stack_if_ours
+    release_script_lock run.sh
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# A payflow left by an earlier --no-wait holds the ports until we replace it
+# (after the build); anything else on them means we would start for nothing.
+if ! app_ours "$(read_pidfile "$APP_PID_FILE")"; then
+    ports_free
+fi
 
 ensure_apt_packages "${PAYFLOW_STACK_APT_PACKAGES[@]}"
 
@@ -90,27 +140,28 @@ log "building payflow (cargo build -p payflow)"
 cargo build -p payflow
 [[ -x "$BIN" ]] || die "build succeeded but $BIN is missing"
 
-# A previous detached run would hold the ports; replace it with this build.
-stop_app
+# The build works: replace an earlier --no-wait's payflow with it (no other
+# run.sh runs, we hold the lock). Then the ports must be free.
+if app_ours "$(read_pidfile "$APP_PID_FILE")"; then
+    log "replacing the payflow of an earlier scripts/run.sh --no-wait"
+    stop_app
+fi
+ports_free
 
-"$STACK" start run
-stack_env="$("$STACK" env run)"
-eval "$stack_env"
+start_run_stack
 
 log "running migrations (payflow migrate)"
 "$BIN" migrate
 
-# Otherwise /readyz could be answered by whatever already holds a port.
-for port in $(payflow_ports); do
-    if port_open "$port"; then
-        die "port $port is already in use by another process (see: ss -ltnp 'sport = :$port')"
-    fi
-done
+# Again, just before: something may have taken a port meanwhile.
+ports_free
 mkdir -p "$RUN_DIR"
 log "starting payflow dev (log: $APP_LOG)"
 printf '\n===== payflow dev started %s =====\n' "$(date -Is)" >>"$APP_LOG"
 # setsid: own session, so closing the terminal (or Ctrl-C) does not hit
-# payflow directly; we stop it via the pidfile. fd 9 is stack.sh's lock.
+# payflow directly; we stop it via $APP_PID (cleanup) or the pidfile (`stop`).
+# 9>&-: our lock stays ours.
+APP_STARTING=1
 setsid "$BIN" dev >>"$APP_LOG" 2>&1 </dev/null 9>&- &
 APP_PID=$!
 echo "$APP_PID" >"$APP_PID_FILE"
@@ -176,11 +227,16 @@ EOF
 
 if [[ "$MODE" == detach ]]; then
     trap - EXIT INT TERM
+    release_script_lock run.sh
     printf '\nLeft running in the background. Stop it with: scripts/run.sh stop\n'
     exit 0
 fi
 
-printf '\nPress Ctrl-C to stop payflow and the run stack.\n'
+if ((RUN_STACK_OURS)); then
+    printf '\nPress Ctrl-C to stop payflow and the run stack.\n'
+else
+    printf '\nPress Ctrl-C to stop payflow (the run stack was up before; it stays up: scripts/run.sh stop).\n'
+fi
 # wait returns when payflow exits or when a trapped signal arrives (the trap
 # then exits and cleanup stops everything).
 app_rc=0

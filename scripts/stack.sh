@@ -26,7 +26,10 @@
 #   PAYFLOW_STACK_TIMEOUT     seconds to wait for each server (default 60;
 #                             RabbitMQ gets twice that)
 #
-# All servers listen on 127.0.0.1 only. State: .payflow/NAME/ in the repo.
+# All servers listen on 127.0.0.1 only. State: .payflow/NAME/ in the repo (the
+# Postgres socket goes to /tmp/payflow-HASH/ when the checkout path is too long
+# for a Unix socket). While scripts/test.sh runs, start/stop/restart commands
+# on the test stack from anywhere else are refused.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -65,7 +68,13 @@ setup_stack() {
     PG_BIN="${PAYFLOW_PG_BIN:-/usr/lib/postgresql/15/bin}"
     PG_DIR="$STATE/postgres"
     PGDATA_DIR="$PG_DIR/data"
-    PG_SOCK="$PG_DIR/run"
+    PG_SOCK="$PG_DIR/run" PG_SOCK_SHORT=0
+    # A Unix socket path (DIR/.s.PGSQL.PORT) holds at most 107 bytes; under a
+    # long checkout path Postgres would refuse to start. Use a short private
+    # directory then, the same for every command on this stack.
+    if ((${#PG_SOCK} + ${#PG_PORT} + 10 > 107)); then
+        PG_SOCK="/tmp/payflow-$(printf '%s' "$PG_DIR" | md5sum | cut -c1-16)" PG_SOCK_SHORT=1
+    fi
     PG_LOG="$PG_DIR/postgres.log"
     PG_OS_USER="${PAYFLOW_PG_OS_USER:-postgres}"
 
@@ -199,7 +208,17 @@ pg_start() {
         pg_as_user test -x "$PG_DIR" ||
             die "postgres: user $PG_OS_USER cannot reach $PG_DIR (check permissions of its parent directories)"
     fi
-    pg_as_user mkdir -p "$PG_SOCK"
+    if ((PG_SOCK_SHORT)); then
+        log "postgres: socket directory $PG_SOCK (the one under $PG_DIR would be too long for a Unix socket)"
+        # A fixed name in /tmp: accept it only as a real directory of the
+        # server user that no one else can write to.
+        pg_as_user mkdir -p -m 700 "$PG_SOCK"
+        [[ -d "$PG_SOCK" && ! -L "$PG_SOCK" && "$(stat -c %U "$PG_SOCK")" == "$(pg_as_user id -un)" ]] ||
+            die "postgres: $PG_SOCK is not a directory owned by $(pg_as_user id -un); remove it"
+        pg_as_user chmod 700 "$PG_SOCK"
+    else
+        pg_as_user mkdir -p "$PG_SOCK"
+    fi
     [[ -f "$PGDATA_DIR/PG_VERSION" ]] || pg_initdb
 
     if pg_running; then
@@ -229,10 +248,46 @@ pg_stop() {
     fi
 }
 
+# ours_in_proc COMM_GLOB TEST: print the pids of processes named COMM_GLOB
+# for which the function TEST PID succeeds (finds our servers without a pidfile).
+ours_in_proc() {
+    local dir pid comm
+    for dir in /proc/[0-9]*; do
+        comm=""
+        read -r comm 2>/dev/null <"$dir/comm" || continue
+        # shellcheck disable=SC2053  # $1 is a glob on purpose
+        [[ "$comm" == $1 ]] || continue
+        pid="${dir#/proc/}"
+        if "$2" "$pid"; then
+            printf '%s\n' "$pid"
+        fi
+    done
+}
+
 # ----------------------------------------------------------------- redis --
 
+# redis_ours PID: PID is this stack's redis-server: its command line (Redis
+# shows "redis-server 127.0.0.1:PORT") names our port and its working
+# directory is ours (--dir). A stale pidfile (after a reboot, pids are
+# reused) may name another stack's or checkout's Redis; that is left alone.
+redis_ours() {
+    pid_alive "$1" "^redis-server .*(:| --port )$REDIS_PORT( |\$)" && pid_cwd_is "$1" "$REDIS_DIR"
+}
+
+# redis_pid: this stack's Redis: the pid in its pidfile, or one that
+# redis_ours finds in /proc when the pidfile is missing or stale.
+redis_pid() {
+    local pid
+    pid="$(read_pidfile "$REDIS_PID")"
+    if ! redis_ours "$pid"; then
+        pid="$(ours_in_proc redis-server redis_ours)"
+        pid="${pid%%$'\n'*}"
+    fi
+    printf '%s' "$pid"
+}
+
 redis_running() {
-    pid_alive "$(read_pidfile "$REDIS_PID")" '^redis-server'
+    [[ -n "$(redis_pid)" ]]
 }
 
 redis_ping() {
@@ -266,8 +321,8 @@ redis_start() {
 
 redis_stop() {
     local pid
-    pid="$(read_pidfile "$REDIS_PID")"
-    if pid_alive "$pid" '^redis-server'; then
+    pid="$(redis_pid)"
+    if [[ -n "$pid" ]]; then
         log "redis: stopping (pid $pid)"
         stop_pid "$pid" "$TIMEOUT"
     fi
@@ -323,8 +378,34 @@ rmq_env() {
 rmq_ctl() { rmq_env "$(rmq_bin rabbitmqctl)" -n "$RMQ_NODE" "$@"; }
 rmq_diag() { rmq_env "$(rmq_bin rabbitmq-diagnostics)" -n "$RMQ_NODE" "$@"; }
 
+# rmq_ours PID: PID is this stack's Erlang VM: a beam whose command line has
+# our epmd port (-epmd_port, one per stack) and our HOME (-home, one per
+# stack and checkout). A stale pidfile naming another node is left alone.
+rmq_ours() {
+    local pid="$1" cmdline home
+    pid_alive "$pid" '^beam' || return 1
+    cmdline="$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" || true)"
+    [[ "$cmdline" == *" -epmd_port $EPMD_PORT "* && "$cmdline" == *" -home "* ]] || return 1
+    home="${cmdline#* -home }"
+    home="${home%% *}"
+    [[ -n "$home" && "$home" -ef "$RMQ_DIR/home" ]]
+}
+
+# rmq_pids: this stack's node: the pid in its pidfile, or, when there is none
+# (the node writes it a few seconds into its boot, so an interrupted start
+# leaves none), every process that rmq_ours finds in /proc.
+rmq_pids() {
+    local pid
+    pid="$(read_pidfile "$RMQ_PID")"
+    if rmq_ours "$pid"; then
+        printf '%s\n' "$pid"
+        return 0
+    fi
+    ours_in_proc 'beam*' rmq_ours
+}
+
 rmq_running() {
-    pid_alive "$(read_pidfile "$RMQ_PID")" '^beam'
+    [[ -n "$(rmq_pids)" ]]
 }
 
 rmq_write_config() {
@@ -419,16 +500,20 @@ rmq_start() {
 
 rmq_stop() {
     [[ -d "$RMQ_DIR" ]] || return 0
-    local pid
-    pid="$(read_pidfile "$RMQ_PID")"
-    if pid_alive "$pid" '^beam'; then
-        log "rabbitmq: stopping $RMQ_NODE (pid $pid)"
-        # `stop PIDFILE` returns once the OS process is gone.
-        if ! rmq_ctl -q stop "$RMQ_PID" >/dev/null 2>&1; then
-            warn "rabbitmq: rabbitmqctl stop failed; signalling pid $pid"
-            stop_pid "$pid" "$TIMEOUT"
+    local pid pids
+    pids="$(rmq_pids)"
+    if [[ -n "$pids" ]]; then
+        log "rabbitmq: stopping $RMQ_NODE (pid ${pids//$'\n'/ })"
+        # `stop PIDFILE` returns once the OS process is gone. A node without
+        # a pidfile (interrupted start) may not answer rabbitmqctl yet.
+        local pidfile_arg=()
+        [[ "$(read_pidfile "$RMQ_PID")" == "$pids" ]] && pidfile_arg=("$RMQ_PID")
+        if ! rmq_ctl -q stop "${pidfile_arg[@]}" >/dev/null 2>&1; then
+            warn "rabbitmq: rabbitmqctl stop failed; signalling pid ${pids//$'\n'/ }"
         fi
-        stop_pid "$pid" "$TIMEOUT"
+        for pid in $pids; do
+            stop_pid "$pid" "$TIMEOUT"
+        done
     fi
     rm -f "$RMQ_PID"
     # The node started its own epmd on our private port; it outlives the node.
@@ -439,8 +524,19 @@ rmq_stop() {
 
 # -------------------------------------------------------------- commands --
 
-# Serialise start/stop of one stack (e.g. two test runs at once).
+# Serialise the commands that start or stop servers of one stack (e.g. a
+# `stop` while a `start` is half-way). This lock lasts one command only: a
+# whole test run is guarded by scripts/test.sh's own lock (test.sh.lock), and
+# while a test.sh runs, these commands on the test stack are refused unless
+# they come from that run (PAYFLOW_TEST_SH_PID, which it exports).
 lock_stack() {
+    if [[ "$STACK" == test ]]; then
+        local holder
+        holder="$(script_lock_holder test.sh)"
+        if [[ -n "$holder" && "$holder" != "${PAYFLOW_TEST_SH_PID:-}" ]]; then
+            die "the test stack is in use by scripts/test.sh (pid $holder); wait for it to end"
+        fi
+    fi
     mkdir -p "$PAYFLOW_STATE_ROOT"
     exec 9>"$PAYFLOW_STATE_ROOT/$STACK.lock"
     # Commands that spawn servers close fd 9 (9>&-) so daemons never inherit

@@ -9,6 +9,8 @@
 #        name contains `refresh`, with their output shown)
 #
 # Exits non-zero on the first failing step; the test stack is always stopped.
+# One run per checkout at a time (they share the test stack and cluster): a
+# second run exits at once with an error naming the pid of the first.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -23,6 +25,12 @@ fi
 STACK="$PAYFLOW_SCRIPTS/stack.sh"
 CLUSTER="$PAYFLOW_SCRIPTS/testcluster.sh"
 
+# Held (fd 9) until we exit; before anything is started or stopped, so a
+# refused run touches nothing of the running one. scripts/stack.sh refuses
+# commands on the test stack from anyone but this run meanwhile.
+hold_script_lock test.sh
+export PAYFLOW_TEST_SH_PID=$$
+
 ensure_apt_packages "${PAYFLOW_STACK_APT_PACKAGES[@]}"
 ensure_rust_components
 
@@ -32,6 +40,7 @@ cleanup() {
     trap - EXIT INT TERM
     "$CLUSTER" stop || warn "stopping the test cluster failed"
     "$STACK" stop test || warn "stopping the test stack failed"
+    release_script_lock test.sh
     exit "$rc"
 }
 trap cleanup EXIT
@@ -41,14 +50,15 @@ trap 'exit 143' TERM
 STEP=0
 TOTAL=10
 # step TITLE CMD...: print a heading, run CMD, report elapsed time; stop the
-# whole run on failure with CMD's exit code.
+# whole run on failure with CMD's exit code. CMD does not get our lock (fd 9),
+# so servers it starts never hold it after we end.
 step() {
     local title="$1" t0 rc=0
     shift
     STEP=$((STEP + 1))
     printf '\n==> [%d/%d] %s\n' "$STEP" "$TOTAL" "$title"
     t0="$(now_us)"
-    "$@" || rc=$?
+    "$@" 9>&- || rc=$?
     if ((rc != 0)); then
         printf '<== [%d/%d] %s FAILED (exit %d) after %ss\n' "$STEP" "$TOTAL" "$title" "$rc" "$(elapsed_since "$t0")"
         exit "$rc"
