@@ -99,6 +99,30 @@ const MAX_POST: usize = 200;
 /// Batches settling at the same time (see `consume_connected`).
 const PIPELINE: usize = 2;
 
+/// How long a batch waits, from its first message, for more to join it.
+const GATHER: Duration = Duration::from_millis(2);
+
+/// `first` and what else `stream` yields within `window` of it, at most `max`: one commit for
+/// all. The window bounds the whole gathering, not the gap between two messages: with a gap
+/// bound, a steady stream a little faster than one message per window kept a batch open with
+/// no end in sight (one sender at 400/s: batches of 40 that waited 80 ms to start).
+pub(crate) async fn gather<T, E>(
+    first: T,
+    stream: &mut (impl futures::Stream<Item = Result<T, E>> + Unpin),
+    max: usize,
+    window: Duration,
+) -> Result<Vec<T>, E> {
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + window;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(item)) => batch.push(item?),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(batch)
+}
+
 struct Worker {
     pool: PgPool,
     wallet: WalletClient,
@@ -186,14 +210,7 @@ impl Worker {
                 _ = cancel.cancelled() => break,
             };
             let Some(first) = first else { anyhow::bail!("consumer cancelled by the broker") };
-            let mut batch = vec![first?];
-            // Whatever else is already here joins the batch: one commit for all.
-            while batch.len() < self.cfg.batch.clamp(1, MAX_BATCH) {
-                match tokio::time::timeout(Duration::from_millis(2), consumer.next()).await {
-                    Ok(Some(d)) => batch.push(d?),
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            let batch = gather(first?, &mut consumer, self.cfg.batch.clamp(1, MAX_BATCH), GATHER).await?;
             let (worker, retry) = (self.clone(), retry.clone());
             in_flight.spawn(async move { worker.settle_batch(batch, &retry).await });
         }
@@ -348,5 +365,49 @@ impl Worker {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use futures::stream::{self, StreamExt};
+
+    use super::gather;
+
+    /// A message every `gap`, for ever.
+    fn steady(gap: Duration) -> impl futures::Stream<Item = Result<u32, Infallible>> + Unpin {
+        Box::pin(stream::unfold(1u32, move |n| async move {
+            tokio::time::sleep(gap).await;
+            Some((Ok(n), n + 1))
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_does_not_keep_a_batch_open_past_its_window() {
+        let started = tokio::time::Instant::now();
+        let batch = gather(0, &mut steady(Duration::from_micros(1500)), 100, Duration::from_millis(2)).await;
+        let batch = batch.expect("no error");
+        // Messages at 1.5 ms: one more joins within the 2 ms window, then the batch starts.
+        assert_eq!(batch, vec![0, 1]);
+        assert!(started.elapsed() <= Duration::from_millis(2), "waited {:?}", started.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_is_already_buffered_fills_the_batch_at_once() {
+        let started = tokio::time::Instant::now();
+        let mut buffered = stream::iter((1..=150).map(Ok::<u32, Infallible>));
+        let batch = gather(0, &mut buffered, 100, Duration::from_millis(2)).await.expect("no error");
+        assert_eq!(batch.len(), 100);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(buffered.next().await, Some(Ok(100)), "the rest stays for the next batch");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_error_ends_the_gathering_with_it() {
+        let mut failing = stream::iter([Ok(1), Err("channel closed"), Ok(2)]);
+        assert_eq!(gather(0, &mut failing, 100, Duration::from_millis(2)).await, Err("channel closed"));
     }
 }
