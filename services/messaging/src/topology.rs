@@ -106,6 +106,16 @@ impl Topology {
         Ok(())
     }
 
+    /// The arguments a work queue is declared with: quorum, this topology's delivery limit, and
+    /// dead-lettering to its `.dlq`. (Tests declare a queue as another configuration would.)
+    pub fn work_queue_arguments(&self, queue: &str) -> FieldTable {
+        let mut args = quorum();
+        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(self.delivery_limit as i32));
+        args.insert("x-dead-letter-exchange".into(), string(&self.dead_letter_exchange()));
+        args.insert("x-dead-letter-routing-key".into(), string(queue));
+        args
+    }
+
     /// A quorum queue bound to `exchange`, its dead-letter queue and its retry queue.
     async fn declare_work_queue(
         &self,
@@ -127,11 +137,7 @@ impl Topology {
         declare_queue(dlq.clone(), quorum()).await?;
         bind(dlq, self.dead_letter_exchange(), queue.to_string()).await?;
 
-        let mut args = quorum();
-        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(self.delivery_limit as i32));
-        args.insert("x-dead-letter-exchange".into(), string(&self.dead_letter_exchange()));
-        args.insert("x-dead-letter-routing-key".into(), string(queue));
-        declare_queue(queue.to_string(), args).await?;
+        declare_queue(queue.to_string(), self.work_queue_arguments(queue)).await?;
         for key in keys {
             bind(queue.to_string(), exchange.to_string(), key.to_string()).await?;
         }

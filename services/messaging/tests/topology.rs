@@ -2,7 +2,6 @@
 //! its own prefix, so its queues are its own.
 
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
 use payflow_messaging::{declared, Topology};
 use uuid::Uuid;
 
@@ -32,12 +31,7 @@ async fn a_queue_with_other_arguments_is_reported_until_it_is_fixed() {
 
     // An earlier configuration made the queue with a delivery limit of 3.
     let ch = conn.create_channel().await.expect("channel");
-    let text = |s: String| AMQPValue::LongString(LongString::from(s));
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), text("quorum".into()));
-    args.insert("x-delivery-limit".into(), AMQPValue::LongInt(3));
-    args.insert("x-dead-letter-exchange".into(), text(topology.dead_letter_exchange()));
-    args.insert("x-dead-letter-routing-key".into(), text(queue.clone()));
+    let args = Topology::new(&prefix, 3).work_queue_arguments(&queue);
     ch.queue_declare(&queue, QueueDeclareOptions { durable: true, ..Default::default() }, args)
         .await
         .expect("pre-declare");

@@ -2,7 +2,7 @@
 //! consumer cannot start, and readiness says so (and why) until it is fixed.
 
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use payflow_common::config::JwtClaimArgs;
 use payflow_common::jwt::JwtSigner;
 use payflow_notification::AppState;
@@ -23,12 +23,7 @@ async fn not_ready_while_the_queue_has_other_arguments_and_ready_once_fixed() {
     // Made earlier with a delivery limit of 3 (another setting of PAYFLOW_AMQP_DELIVERY_LIMIT).
     let conn = payflow_messaging::connect(&amqp_url()).await.expect("connect");
     let ch = conn.create_channel().await.expect("channel");
-    let text = |s: String| AMQPValue::LongString(LongString::from(s));
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), text("quorum".into()));
-    args.insert("x-delivery-limit".into(), AMQPValue::LongInt(3));
-    args.insert("x-dead-letter-exchange".into(), text(topology.dead_letter_exchange()));
-    args.insert("x-dead-letter-routing-key".into(), text(queue.clone()));
+    let args = payflow_messaging::Topology::new(topology.prefix(), 3).work_queue_arguments(&queue);
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
     ch.queue_declare(&queue, durable, args).await.expect("pre-declare");
 

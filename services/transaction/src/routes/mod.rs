@@ -32,7 +32,6 @@ pub fn router(state: AppState) -> Router {
 mod tests {
     use clap::Parser;
     use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-    use lapin::types::{AMQPValue, FieldTable, LongString};
     use payflow_common::config::JwtClaimArgs;
     use payflow_common::jwt::JwtSigner;
     use tokio_util::sync::CancellationToken;
@@ -82,12 +81,7 @@ mod tests {
         let conn = payflow_messaging::connect(&amqp_url()).await.expect("connect");
         let ch = conn.create_channel().await.expect("channel");
         let queue = topology.transactions_queue();
-        let text = |s: String| AMQPValue::LongString(LongString::from(s));
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), text("quorum".into()));
-        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(3));
-        args.insert("x-dead-letter-exchange".into(), text(topology.dead_letter_exchange()));
-        args.insert("x-dead-letter-routing-key".into(), text(queue.clone()));
+        let args = payflow_messaging::Topology::new(topology.prefix(), 3).work_queue_arguments(&queue);
         let durable = QueueDeclareOptions { durable: true, ..Default::default() };
         ch.queue_declare(&queue, durable, args).await.expect("pre-declare");
         let refused = conn.create_channel().await.expect("channel");
